@@ -1,0 +1,17 @@
+//! nightshift runs the scheduled batch jobs of marketing operations over
+//! versioned Delta Lake tables in object storage.
+
+pub mod cli;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod generate;
+pub mod ingest;
+pub mod jobs;
+pub mod manifest;
+pub mod pipeline;
+pub mod runner;
+pub mod schema;
+pub mod warehouse;
+
+pub use error::{Error, Result};
