@@ -1,0 +1,1086 @@
+//! Ingest: loads CSV, Parquet and NDJSON files into a table, mapping source
+//! column names onto canonical ones and quarantining bad rows.
+//!
+//! A bad row (an unparseable date or number, a missing required field, a
+//! duplicate key within the batch, a CSV line with the wrong number of
+//! fields, an NDJSON line that is not JSON) goes to `<table>_rejected` with
+//! its reason, file, line and original record. Rows read always equal rows
+//! accepted plus rows rejected. A file that is empty, truncated or not of
+//! its format fails the whole ingest, and nothing is committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::Path as FsPath;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use polars::prelude::*;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::delta::table::CommitOptions;
+use crate::delta::{Table, WriteMode};
+use crate::error::{Error, Result};
+use crate::schema::{self, CanonicalTable, ColumnType};
+use crate::warehouse::Warehouse;
+
+/// A source file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Parquet,
+    Ndjson,
+}
+
+impl Format {
+    /// Guesses the format from a file name's extension.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower.strip_suffix(".gz").unwrap_or(&lower);
+        if lower.ends_with(".csv") || lower.ends_with(".tsv") || lower.ends_with(".txt") {
+            Some(Format::Csv)
+        } else if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+            Some(Format::Parquet)
+        } else if lower.ends_with(".ndjson")
+            || lower.ends_with(".jsonl")
+            || lower.ends_with(".json")
+        {
+            Some(Format::Ndjson)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a batch changes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestMode {
+    /// Adds the rows to the table.
+    Append,
+    /// Replaces the table's rows with the batch.
+    Overwrite,
+    /// Replaces rows whose key is in the batch and adds the others.
+    Upsert,
+}
+
+/// CSV parsing options.
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub has_header: bool,
+    /// The quote character; `None` turns quoting off.
+    pub quote: Option<u8>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            has_header: true,
+            quote: Some(b'"'),
+        }
+    }
+}
+
+/// The limit on rejected rows, past which the ingest fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxRejected {
+    Count(u64),
+    /// A percentage of rows read.
+    Percent(f64),
+}
+
+impl std::str::FromStr for MaxRejected {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if let Some(number) = text.strip_suffix('%') {
+            let pct: f64 = number
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid percentage `{text}`: expected a number like 1.5%"))?;
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(format!("invalid percentage `{text}`: expected 0% to 100%"));
+            }
+            return Ok(MaxRejected::Percent(pct));
+        }
+        text.parse().map(MaxRejected::Count).map_err(|_| {
+            format!("invalid limit `{text}`: expected a row count like 100 or a percentage like 1%")
+        })
+    }
+}
+
+/// What to ingest and how.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub table: String,
+    /// Local paths or object-store URLs (`s3://bucket/key`, `file://path`).
+    pub files: Vec<String>,
+    /// The format of every file; guessed from each extension when `None`.
+    pub format: Option<Format>,
+    pub csv: CsvOptions,
+    /// Source column name to canonical column name.
+    pub mapping: BTreeMap<String, String>,
+    pub mode: IngestMode,
+    /// The key column; defaults to the canonical table's key.
+    pub key: Option<String>,
+    pub max_rejected: Option<MaxRejected>,
+}
+
+/// Counts for one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSummary {
+    pub file: String,
+    pub rows_read: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// The outcome of an ingest.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestSummary {
+    pub table: String,
+    pub mode: IngestMode,
+    pub batch_id: String,
+    pub rows_read: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub files: Vec<FileSummary>,
+    /// The committed version of the table.
+    pub version: u64,
+    /// The table rejected rows went to, and its committed version.
+    pub rejected_table: Option<String>,
+    pub rejected_version: Option<u64>,
+    /// The most frequent rejection reasons, with counts.
+    pub rejection_reasons: Vec<(String, u64)>,
+}
+
+/// One file read into columns: raw text values (CSV, NDJSON) or typed
+/// columns (Parquet), with the line number of each row.
+struct RawFile {
+    name: String,
+    frame: DataFrame,
+    /// The 1-based line (CSV, NDJSON) or row number (Parquet) of each row.
+    lines: Vec<u64>,
+    /// Rows that could not even be split into fields: (line, reason, text).
+    broken: Vec<(u64, String, String)>,
+}
+
+/// Ingests files into a table of `warehouse`.
+pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSummary> {
+    if options.files.is_empty() {
+        return Err(Error::Config(
+            "no input files given; name at least one FILE".into(),
+        ));
+    }
+    let table = Table::new(warehouse, &options.table)?;
+    let canonical = schema::input_table(&options.table);
+    let key = options
+        .key
+        .clone()
+        .or_else(|| canonical.map(|t| t.key.to_string()));
+    if options.mode == IngestMode::Upsert && key.is_none() {
+        return Err(Error::Config(format!(
+            "upsert into `{}` needs a key column: pass --key COLUMN",
+            options.table
+        )));
+    }
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let ingested_at = Utc::now();
+
+    let mut accepted_frames = Vec::new();
+    let mut rejected = Rejected::default();
+    let mut files = Vec::new();
+    let mut seen_keys: HashMap<String, (usize, u64)> = HashMap::new();
+    for (index, file) in options.files.iter().enumerate() {
+        let format = match options.format.or_else(|| Format::from_name(file)) {
+            Some(format) => format,
+            None => {
+                return Err(Error::Config(format!(
+                    "cannot tell the format of {file} from its name; pass --format csv, parquet or ndjson"
+                )));
+            }
+        };
+        let bytes = read_source(file)?;
+        if bytes.is_empty() {
+            return Err(Error::Input(format!("file {file} is empty")));
+        }
+        let raw = match format {
+            Format::Csv => read_csv(file, &bytes, &options.csv)?,
+            Format::Parquet => read_parquet(file, bytes)?,
+            Format::Ndjson => read_ndjson(file, &bytes)?,
+        };
+        let summary = validate_file(
+            raw,
+            canonical,
+            &options.mapping,
+            key.as_deref(),
+            (index, &options.files),
+            &mut seen_keys,
+            &mut accepted_frames,
+            &mut rejected,
+        )?;
+        files.push(summary);
+    }
+
+    let rows_read: u64 = files.iter().map(|f| f.rows_read).sum();
+    let rejected_count: u64 = files.iter().map(|f| f.rejected).sum();
+    let accepted_count = rows_read - rejected_count;
+    if let Some(limit) = options.max_rejected {
+        let exceeded = match limit {
+            MaxRejected::Count(max) => rejected_count > max,
+            MaxRejected::Percent(pct) => {
+                rows_read > 0 && (rejected_count as f64) * 100.0 / (rows_read as f64) > pct
+            }
+        };
+        if exceeded {
+            let limit = match limit {
+                MaxRejected::Count(n) => format!("{n} rows"),
+                MaxRejected::Percent(p) => format!("{p}%"),
+            };
+            return Err(Error::Data(format!(
+                "ingest into `{}` rejected {rejected_count} of {rows_read} rows, more than \
+                 --max-rejected {limit}; nothing was committed. Most frequent reasons: {}",
+                options.table,
+                rejected
+                    .top_reasons(3)
+                    .iter()
+                    .map(|(r, n)| format!("{r} ({n})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+    }
+
+    let batch = if accepted_frames.is_empty() {
+        DataFrame::empty()
+    } else {
+        concat_frames(accepted_frames)?
+    };
+    let batch = match canonical {
+        Some(canonical) => order_columns(batch, canonical)?,
+        None => batch,
+    };
+    let version = commit_batch(&table, batch, options.mode, key.as_deref(), &batch_id)?;
+
+    let rejection_reasons = rejected.top_reasons(5);
+    let mut rejected_table = None;
+    let mut rejected_version = None;
+    if rejected_count > 0 {
+        let name = format!("{}_rejected", options.table);
+        let frame = rejected.into_frame(&batch_id, ingested_at)?;
+        let reasons_table = Table::new(warehouse, &name)?;
+        let commit = reasons_table.write(
+            frame,
+            WriteMode::Append,
+            CommitOptions::new("WRITE")
+                .with_parameter("mode", "Append")
+                .with_parameter("batch_id", batch_id.clone()),
+        );
+        match commit {
+            Ok(v) => {
+                rejected_table = Some(name);
+                rejected_version = Some(v);
+            }
+            Err(e) => {
+                // Undo the accepted rows, so that no row of the batch is
+                // visible without its rejected siblings.
+                if let Some(before) = version.checked_sub(1) {
+                    table.restore(before, CommitOptions::new("RESTORE"))?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(IngestSummary {
+        table: options.table.clone(),
+        mode: options.mode,
+        batch_id,
+        rows_read,
+        accepted: accepted_count,
+        rejected: rejected_count,
+        files,
+        version,
+        rejected_table,
+        rejected_version,
+        rejection_reasons,
+    })
+}
+
+/// Rows rejected so far.
+#[derive(Default)]
+struct Rejected {
+    files: Vec<String>,
+    lines: Vec<i64>,
+    reasons: Vec<String>,
+    records: Vec<String>,
+}
+
+impl Rejected {
+    fn push(&mut self, file: &str, line: u64, reason: String, record: String) {
+        self.files.push(file.to_string());
+        self.lines.push(line as i64);
+        self.reasons.push(reason);
+        self.records.push(record);
+    }
+
+    fn top_reasons(&self, n: usize) -> Vec<(String, u64)> {
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for reason in &self.reasons {
+            // Group by the reason's kind, before the value it quotes.
+            let kind = reason.split(" `").next().unwrap_or(reason);
+            *counts.entry(kind).or_default() += 1;
+        }
+        let mut sorted: Vec<(String, u64)> = counts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        sorted.truncate(n);
+        sorted
+    }
+
+    fn into_frame(self, batch_id: &str, ingested_at: DateTime<Utc>) -> Result<DataFrame> {
+        let height = self.files.len();
+        let ingested = Column::new(
+            "ingested_at".into(),
+            vec![ingested_at.timestamp_micros(); height],
+        )
+        .cast(&schema::utc_timestamp())?;
+        Ok(DataFrame::new(
+            height,
+            vec![
+                Column::new("source_file".into(), self.files),
+                Column::new("line".into(), self.lines),
+                Column::new("reason".into(), self.reasons),
+                Column::new("record".into(), self.records),
+                ingested,
+                Column::new("batch_id".into(), vec![batch_id.to_string(); height]),
+            ],
+        )?)
+    }
+}
+
+/// Reads a source file from a local path or an object-store URL.
+fn read_source(file: &str) -> Result<bytes::Bytes> {
+    if let Some(rest) = file.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+            Error::Config(format!("invalid URL {file}: expected s3://BUCKET/KEY"))
+        })?;
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot open {file}: {e}")))?;
+        let path = object_store::path::Path::parse(key)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async {
+            use object_store::ObjectStoreExt;
+            match store.get(&path).await {
+                Ok(result) => Ok(result.bytes().await?),
+                Err(object_store::Error::NotFound { .. }) => {
+                    Err(Error::Input(format!("file {file} not found")))
+                }
+                Err(e) => Err(Error::Input(format!("cannot read {file}: {e}"))),
+            }
+        });
+    }
+    if let Some((scheme, _)) = file.split_once("://") {
+        if scheme != "file" {
+            return Err(Error::Config(format!(
+                "unsupported URL {file}: files can be local paths, file:// or s3:// URLs"
+            )));
+        }
+    }
+    let path = file.strip_prefix("file://").unwrap_or(file);
+    std::fs::read(FsPath::new(path))
+        .map(bytes::Bytes::from)
+        .map_err(|e| Error::Input(format!("cannot read {file}: {e}")))
+}
+
+fn read_csv(name: &str, bytes: &[u8], options: &CsvOptions) -> Result<RawFile> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(options.delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .quoting(options.quote.is_some())
+        .quote(options.quote.unwrap_or(b'"'))
+        .from_reader(bytes);
+    let ends_with_newline = bytes.ends_with(b"\n");
+    let mut records = reader.byte_records();
+    let mut header: Vec<String> = Vec::new();
+    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut lines = Vec::new();
+    let mut broken = Vec::new();
+    let mut width = None;
+
+    let utf8 = |field: &[u8], line: u64| -> Result<String> {
+        String::from_utf8(field.to_vec()).map_err(|_| {
+            Error::Input(format!(
+                "file {name} line {line} is not valid UTF-8 text; is it really a CSV file?"
+            ))
+        })
+    };
+
+    let mut pending: Option<(u64, csv::ByteRecord)> = None;
+    loop {
+        let next = records.next();
+        let record = match next {
+            None => None,
+            Some(Ok(record)) => Some(record),
+            Some(Err(e)) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                return Err(Error::Input(format!(
+                    "file {name} line {line}: invalid CSV: {e}"
+                )));
+            }
+        };
+        // Each record is handled once the next one is known, so that the
+        // last record can be recognised and checked for truncation.
+        if let Some((line, current)) = pending.take() {
+            let is_last = record.is_none();
+            if width.is_none() {
+                width = Some(current.len());
+                if options.has_header {
+                    header = current
+                        .iter()
+                        .map(|f| utf8(f, line).map(|s| s.trim().to_string()))
+                        .collect::<Result<_>>()?;
+                    check_header(name, &header)?;
+                    columns = vec![Vec::new(); header.len()];
+                    pending = record.map(|r| (r.position().map(|p| p.line()).unwrap_or(0), r));
+                    if pending.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                header = (1..=current.len()).map(|i| format!("column_{i}")).collect();
+                columns = vec![Vec::new(); header.len()];
+            }
+            let expected = header.len();
+            if current.len() != expected {
+                if is_last && !ends_with_newline && current.len() < expected {
+                    return Err(Error::Input(format!(
+                        "file {name} looks truncated: its last line {line} has {} of {expected} \
+                         fields and no line end",
+                        current.len()
+                    )));
+                }
+                let text = current
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect::<Vec<_>>();
+                broken.push((
+                    line,
+                    format!("line has {} fields, expected {expected}", current.len()),
+                    serde_json::to_string(&text)?,
+                ));
+            } else {
+                for (column, field) in columns.iter_mut().zip(current.iter()) {
+                    let value = utf8(field, line)?;
+                    column.push(if value.is_empty() { None } else { Some(value) });
+                }
+                lines.push(line);
+            }
+        }
+        match record {
+            Some(record) => {
+                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                pending = Some((line, record));
+            }
+            None => break,
+        }
+    }
+    if header.is_empty() {
+        return Err(Error::Input(format!("file {name} has no CSV header line")));
+    }
+    let height = lines.len();
+    let series: Vec<Column> = header
+        .iter()
+        .zip(columns)
+        .map(|(h, values)| Column::new(h.as_str().into(), values))
+        .collect();
+    Ok(RawFile {
+        name: name.to_string(),
+        frame: DataFrame::new(height, series)?,
+        lines,
+        broken,
+    })
+}
+
+fn check_header(name: &str, header: &[String]) -> Result<()> {
+    let mut seen = HashMap::new();
+    for (index, column) in header.iter().enumerate() {
+        if column.is_empty() {
+            return Err(Error::Input(format!(
+                "file {name} line 1: column {} has an empty name; name every column in the header \
+                 or pass --no-header",
+                index + 1
+            )));
+        }
+        if let Some(first) = seen.insert(column.as_str(), index) {
+            return Err(Error::Input(format!(
+                "file {name} line 1: column name `{column}` appears twice (columns {} and {})",
+                first + 1,
+                index + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_parquet(name: &str, bytes: bytes::Bytes) -> Result<RawFile> {
+    if bytes.len() < 12 || !bytes.starts_with(b"PAR1") {
+        return Err(Error::Input(format!(
+            "file {name} is not a Parquet file: it does not start with the Parquet magic bytes"
+        )));
+    }
+    if !bytes.ends_with(b"PAR1") {
+        return Err(Error::Input(format!(
+            "file {name} is truncated: it does not end with the Parquet footer"
+        )));
+    }
+    let frame = ParquetReader::new(Cursor::new(bytes.to_vec()))
+        .finish()
+        .map_err(|e| Error::Input(format!("cannot read Parquet file {name}: {e}")))?;
+    let lines = (1..=frame.height() as u64).collect();
+    Ok(RawFile {
+        name: name.to_string(),
+        frame,
+        lines,
+        broken: Vec::new(),
+    })
+}
+
+fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawFile> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Error::Input(format!(
+            "file {name} is not valid UTF-8 text (at byte {}); is it really NDJSON?",
+            e.valid_up_to()
+        ))
+    })?;
+    let ends_with_newline = text.ends_with('\n');
+    let mut names: Vec<String> = Vec::new();
+    let mut index_of: HashMap<String, usize> = HashMap::new();
+    let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+    let mut lines = Vec::new();
+    let mut broken = Vec::new();
+    let all: Vec<&str> = text.lines().collect();
+    for (i, line_text) in all.iter().enumerate() {
+        let line = i as u64 + 1;
+        if line_text.trim().is_empty() {
+            continue;
+        }
+        let object = match serde_json::from_str::<Value>(line_text) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => {
+                broken.push((
+                    line,
+                    "line is not a JSON object".to_string(),
+                    line_text.to_string(),
+                ));
+                continue;
+            }
+            Err(e) => {
+                if i + 1 == all.len() && !ends_with_newline && e.is_eof() {
+                    return Err(Error::Input(format!(
+                        "file {name} looks truncated: its last line {line} ends inside a JSON value"
+                    )));
+                }
+                broken.push((
+                    line,
+                    format!("line is not valid JSON: {e}"),
+                    line_text.to_string(),
+                ));
+                continue;
+            }
+        };
+        let row = lines.len();
+        for (key, value) in object {
+            let column = *index_of.entry(key.clone()).or_insert_with(|| {
+                names.push(key.clone());
+                columns.push(vec![None; row]);
+                columns.len() - 1
+            });
+            let value = match value {
+                Value::Null => None,
+                Value::String(s) if s.is_empty() => None,
+                Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            };
+            columns[column].push(value);
+        }
+        lines.push(line);
+        for column in columns.iter_mut() {
+            if column.len() < lines.len() {
+                column.push(None);
+            }
+        }
+    }
+    if lines.is_empty() && broken.is_empty() {
+        return Err(Error::Input(format!("file {name} has no JSON records")));
+    }
+    let height = lines.len();
+    let series: Vec<Column> = names
+        .iter()
+        .zip(columns)
+        .map(|(n, values)| Column::new(n.as_str().into(), values))
+        .collect();
+    Ok(RawFile {
+        name: name.to_string(),
+        frame: DataFrame::new(height, series)?,
+        lines,
+        broken,
+    })
+}
+
+/// Applies the mapping to a file's columns, checks every row, and moves
+/// accepted rows into `accepted` and bad ones into `rejected`.
+#[allow(clippy::too_many_arguments)]
+fn validate_file(
+    raw: RawFile,
+    canonical: Option<&CanonicalTable>,
+    mapping: &BTreeMap<String, String>,
+    key: Option<&str>,
+    (file_index, all_files): (usize, &[String]),
+    seen_keys: &mut HashMap<String, (usize, u64)>,
+    accepted: &mut Vec<DataFrame>,
+    rejected: &mut Rejected,
+) -> Result<FileSummary> {
+    let RawFile {
+        name,
+        frame,
+        lines,
+        broken,
+    } = raw;
+    let rows_read = (frame.height() + broken.len()) as u64;
+    let rejected_before = rejected.files.len();
+    for (line, reason, text) in broken {
+        rejected.push(&name, line, reason, text);
+    }
+
+    // Rename source columns: the explicit mapping first, then
+    // case-insensitive matches of canonical names.
+    let source_names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for source in mapping.keys() {
+        if !source_names.contains(source) {
+            return Err(Error::Config(format!(
+                "--map names column `{source}`, which file {name} does not have; its columns are: {}",
+                source_names.join(", ")
+            )));
+        }
+    }
+    let mut renamed: Vec<String> = Vec::with_capacity(source_names.len());
+    for source in &source_names {
+        let target = match mapping.get(source) {
+            Some(target) => target.clone(),
+            None => canonical
+                .and_then(|t| {
+                    t.columns
+                        .iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(source))
+                })
+                .map(|c| c.name.to_string())
+                .unwrap_or_else(|| source.clone()),
+        };
+        if renamed.contains(&target) {
+            return Err(Error::Config(format!(
+                "file {name}: two columns map onto `{target}`; fix the --map options"
+            )));
+        }
+        renamed.push(target);
+    }
+    if let Some(canonical) = canonical {
+        for column in canonical.columns.iter().filter(|c| c.required) {
+            if !renamed.iter().any(|r| r == column.name) {
+                return Err(Error::Input(format!(
+                    "file {name} has no column `{}`, which table `{}` requires; map a source \
+                     column onto it with --map SOURCE={}. The file's columns are: {}",
+                    column.name,
+                    canonical.name,
+                    column.name,
+                    source_names.join(", ")
+                )));
+            }
+        }
+    }
+    if let Some(key) = key {
+        if !renamed.iter().any(|r| r == key) {
+            return Err(Error::Input(format!(
+                "file {name} has no key column `{key}`; its columns are: {}",
+                source_names.join(", ")
+            )));
+        }
+    }
+
+    // Convert each column to its canonical type, remembering the first
+    // problem of every row.
+    let height = frame.height();
+    let mut problems: Vec<Option<String>> = vec![None; height];
+    let mut converted = Vec::with_capacity(renamed.len());
+    for (source, target) in source_names.iter().zip(&renamed) {
+        let column = frame.column(source)?.as_materialized_series().clone();
+        let spec = canonical.and_then(|t| t.column(target));
+        let series = match spec {
+            Some(spec) => convert_column(&column, target, spec.kind, spec.required, &mut problems)?,
+            None => column.clone(),
+        };
+        converted.push(series.with_name(target.as_str().into()).into_column());
+    }
+    let typed = DataFrame::new(height, converted)?;
+
+    // Duplicate keys within the batch: the first occurrence wins.
+    if let Some(key) = key {
+        let keys = typed.column(key)?.cast(&DataType::String)?;
+        let keys = keys.str()?;
+        for (row, value) in keys.iter().enumerate() {
+            let Some(value) = value else { continue };
+            if problems[row].is_some() {
+                continue;
+            }
+            if let Some((first_file, first_line)) = seen_keys.get(value) {
+                problems[row] = Some(format!(
+                    "duplicate key `{value}` in column {key}; the first occurrence ({} line {first_line}) was kept",
+                    all_files[*first_file]
+                ));
+            } else {
+                seen_keys.insert(value.to_string(), (file_index, lines[row]));
+            }
+        }
+    }
+
+    let bad: Vec<bool> = problems.iter().map(Option::is_some).collect();
+    if bad.iter().any(|b| *b) {
+        let records = records_as_json(&frame, &bad)?;
+        let mut record_iter = records.into_iter();
+        for (row, problem) in problems.iter().enumerate() {
+            if let Some(reason) = problem {
+                let record = record_iter.next().unwrap_or_default();
+                rejected.push(&name, lines[row], reason.clone(), record);
+            }
+        }
+    }
+    let good = BooleanChunked::from_iter_values("good".into(), bad.iter().map(|b| !b));
+    let kept = typed.filter(&good)?;
+    let accepted_rows = kept.height() as u64;
+    if accepted_rows > 0 || accepted.is_empty() {
+        accepted.push(kept);
+    }
+    let rejected_rows = (rejected.files.len() - rejected_before) as u64;
+    Ok(FileSummary {
+        file: name,
+        rows_read,
+        accepted: accepted_rows,
+        rejected: rejected_rows,
+    })
+}
+
+/// Renders the rows of `frame` marked in `rows` as JSON objects of their
+/// original values.
+fn records_as_json(frame: &DataFrame, rows: &[bool]) -> Result<Vec<String>> {
+    let mask = BooleanChunked::from_iter_values("rows".into(), rows.iter().copied());
+    let selected = frame.filter(&mask)?;
+    let names: Vec<String> = selected
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut out = Vec::with_capacity(selected.height());
+    for row in 0..selected.height() {
+        let mut object = Map::new();
+        for (index, column) in selected.columns().iter().enumerate() {
+            let value = column.get(row)?;
+            let json = match value {
+                AnyValue::Null => Value::Null,
+                AnyValue::String(s) => Value::String(s.to_string()),
+                AnyValue::StringOwned(s) => Value::String(s.to_string()),
+                other => Value::String(other.to_string()),
+            };
+            object.insert(names[index].clone(), json);
+        }
+        out.push(Value::Object(object).to_string());
+    }
+    Ok(out)
+}
+
+/// Converts one source column to `kind`, noting a problem for each row whose
+/// value is missing (when required) or cannot be parsed.
+fn convert_column(
+    column: &Series,
+    name: &str,
+    kind: ColumnType,
+    required: bool,
+    problems: &mut [Option<String>],
+) -> Result<Series> {
+    let target = kind.dtype();
+    let converted = if column.dtype() == &DataType::String {
+        let values = column.str()?;
+        match kind {
+            ColumnType::String => column.clone(),
+            ColumnType::Timestamp => {
+                let parsed: Vec<Option<i64>> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(row, value)| {
+                        let value = value?.trim();
+                        if value.is_empty() {
+                            return None;
+                        }
+                        let micros = parse_timestamp(value);
+                        if micros.is_none() && problems[row].is_none() {
+                            problems[row] = Some(format!(
+                                "invalid timestamp `{value}` in column {name}; expected e.g. \
+                                 2024-03-05T10:22:31Z or 2024-03-05"
+                            ));
+                        }
+                        micros
+                    })
+                    .collect();
+                Series::new(name.into(), parsed).cast(&target)?
+            }
+            ColumnType::Float64 => {
+                let parsed: Vec<Option<f64>> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(row, value)| {
+                        let value = value?.trim();
+                        let number = value.parse::<f64>().ok().filter(|n| n.is_finite());
+                        if number.is_none() && problems[row].is_none() {
+                            problems[row] =
+                                Some(format!("invalid number `{value}` in column {name}"));
+                        }
+                        number
+                    })
+                    .collect();
+                Series::new(name.into(), parsed)
+            }
+            ColumnType::Int64 => {
+                let parsed: Vec<Option<i64>> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(row, value)| {
+                        let value = value?.trim();
+                        let number = value.parse::<i64>().ok();
+                        if number.is_none() && problems[row].is_none() {
+                            problems[row] =
+                                Some(format!("invalid integer `{value}` in column {name}"));
+                        }
+                        number
+                    })
+                    .collect();
+                Series::new(name.into(), parsed)
+            }
+            ColumnType::Boolean => {
+                let parsed: Vec<Option<bool>> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(row, value)| {
+                        let value = value?.trim();
+                        let flag = match value.to_ascii_lowercase().as_str() {
+                            "true" | "t" | "yes" | "1" => Some(true),
+                            "false" | "f" | "no" | "0" => Some(false),
+                            _ => None,
+                        };
+                        if flag.is_none() && problems[row].is_none() {
+                            problems[row] =
+                                Some(format!("invalid boolean `{value}` in column {name}"));
+                        }
+                        flag
+                    })
+                    .collect();
+                Series::new(name.into(), parsed)
+            }
+        }
+    } else {
+        let source = match (kind, column.dtype()) {
+            // A timestamp without a time zone is read as UTC: its physical
+            // value already is microseconds since the epoch in UTC.
+            (ColumnType::Timestamp, DataType::Datetime(_, None)) => column
+                .cast(&DataType::Datetime(TimeUnit::Microseconds, None))?
+                .cast(&DataType::Int64)?,
+            _ => column.clone(),
+        };
+        let cast = source.cast(&target).map_err(|e| {
+            Error::Input(format!(
+                "column {name} of type {} cannot become a {}: {e}",
+                column.dtype(),
+                kind.name()
+            ))
+        })?;
+        let lost = cast.is_null() & !source.is_null();
+        for (row, lost) in lost.iter().enumerate() {
+            if lost == Some(true) && problems[row].is_none() {
+                let value = source.get(row).map(|v| v.to_string()).unwrap_or_default();
+                problems[row] = Some(format!(
+                    "invalid {} `{value}` in column {name}",
+                    kind.name()
+                ));
+            }
+        }
+        cast
+    };
+    if required {
+        for (row, value) in converted.is_null().iter().enumerate() {
+            if value == Some(true) && problems[row].is_none() {
+                problems[row] = Some(format!("missing required field {name}"));
+            }
+        }
+    }
+    Ok(converted)
+}
+
+/// Parses a timestamp into microseconds since the Unix epoch, in UTC. Takes
+/// RFC 3339 (with an offset), `YYYY-MM-DD HH:MM:SS[.fff]` and
+/// `YYYY-MM-DDTHH:MM:SS[.fff]` (read as UTC), `YYYY-MM-DD` and `YYYYMMDD`
+/// (midnight UTC).
+pub fn parse_timestamp(value: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(value, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f%#z") {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    for format in ["%Y-%m-%d", "%Y%m%d"] {
+        if let Ok(d) = NaiveDate::parse_from_str(value, format) {
+            return d
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_micros());
+        }
+    }
+    None
+}
+
+/// Concatenates accepted frames of several files, which may have different
+/// pass-through columns.
+fn concat_frames(frames: Vec<DataFrame>) -> Result<DataFrame> {
+    let lazy: Vec<LazyFrame> = frames.into_iter().map(DataFrame::lazy).collect();
+    let args = UnionArgs {
+        to_supertypes: true,
+        diagonal: true,
+        ..Default::default()
+    };
+    Ok(concat(lazy, args)?.collect()?)
+}
+
+/// Puts canonical columns first, in table order; other columns follow.
+fn order_columns(df: DataFrame, canonical: &CanonicalTable) -> Result<DataFrame> {
+    if df.width() == 0 {
+        let columns: Vec<Column> = canonical
+            .columns
+            .iter()
+            .map(|c| Column::new_empty(c.name.into(), &c.kind.dtype()))
+            .collect();
+        return Ok(DataFrame::new(0, columns)?);
+    }
+    let present: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut exprs: Vec<Expr> = canonical
+        .columns
+        .iter()
+        .map(|c| {
+            if present.iter().any(|p| p == c.name) {
+                col(c.name)
+            } else {
+                lit(NULL).cast(c.kind.dtype()).alias(c.name)
+            }
+        })
+        .collect();
+    for name in &present {
+        if canonical.column(name).is_none() {
+            exprs.push(col(name.as_str()));
+        }
+    }
+    Ok(df.lazy().select(exprs).collect()?)
+}
+
+/// Commits the accepted rows in `mode` and returns the new version.
+fn commit_batch(
+    table: &Table,
+    batch: DataFrame,
+    mode: IngestMode,
+    key: Option<&str>,
+    batch_id: &str,
+) -> Result<u64> {
+    let base = match table.latest_version()? {
+        Some(version) => Some(table.snapshot(Some(version))?),
+        None => None,
+    };
+    let rows = batch.height() as u64;
+    let (frame, write_mode, operation, mode_name) = match (mode, &base) {
+        (IngestMode::Append, _) => (batch, WriteMode::Append, "WRITE", "Append"),
+        (IngestMode::Overwrite, _) => (batch, WriteMode::Overwrite, "WRITE", "Overwrite"),
+        (IngestMode::Upsert, None) => (batch, WriteMode::Overwrite, "MERGE", "Upsert"),
+        (IngestMode::Upsert, Some(base)) => {
+            let key = key.expect("upsert key checked above");
+            let current = table.scan(base)?;
+            let kept = current.join(
+                batch.clone().lazy().select([col(key)]),
+                [col(key)],
+                [col(key)],
+                JoinArgs::new(JoinType::Anti),
+            );
+            let union = concat(
+                [kept, batch.lazy()],
+                UnionArgs {
+                    to_supertypes: true,
+                    diagonal: true,
+                    ..Default::default()
+                },
+            )?
+            .collect()?;
+            (union, WriteMode::Overwrite, "MERGE", "Upsert")
+        }
+    };
+    let options = CommitOptions::new(operation)
+        .with_parameter("mode", mode_name)
+        .with_parameter("batch_id", batch_id)
+        .with_parameter("rows", rows);
+    table
+        .stage(frame, write_mode, base.as_ref())?
+        .commit(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_in_utc() {
+        let expected = 1_709_634_151_000_000; // 2024-03-05T10:22:31Z
+        assert_eq!(parse_timestamp("2024-03-05T10:22:31Z"), Some(expected));
+        assert_eq!(parse_timestamp("2024-03-05 10:22:31"), Some(expected));
+        assert_eq!(parse_timestamp("2024-03-05T12:22:31+02:00"), Some(expected));
+        assert_eq!(parse_timestamp("2024-03-05"), Some(1_709_596_800_000_000));
+        assert_eq!(parse_timestamp("20240305"), Some(1_709_596_800_000_000));
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp("2024-13-05"), None);
+    }
+
+    #[test]
+    fn max_rejected_parses_counts_and_percentages() {
+        assert_eq!("10".parse::<MaxRejected>(), Ok(MaxRejected::Count(10)));
+        assert_eq!("2.5%".parse::<MaxRejected>(), Ok(MaxRejected::Percent(2.5)));
+        assert!("ten".parse::<MaxRejected>().is_err());
+        assert!("150%".parse::<MaxRejected>().is_err());
+    }
+}
