@@ -1,0 +1,144 @@
+//! Job kinds: the built-in transformations a pipeline uses.
+//!
+//! A job kind declares its input and output roles, checks its parameters,
+//! and turns pinned input snapshots into output frames. It never commits:
+//! the runner gates and commits what the job returns.
+
+pub mod suppression;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use polars::prelude::*;
+use serde_json::{Map, Value};
+
+use crate::delta::{Snapshot, Table, WriteMode};
+use crate::error::Result;
+use crate::manifest::Manifest;
+use crate::warehouse::Warehouse;
+
+/// An input or output slot of a job kind, filled by a table.
+#[derive(Debug)]
+pub struct Role {
+    pub name: &'static str,
+    /// The table used when the pipeline file does not name one.
+    pub default_table: &'static str,
+    pub description: &'static str,
+}
+
+/// A job kind's declaration.
+#[derive(Debug)]
+pub struct KindSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub inputs: &'static [Role],
+    pub outputs: &'static [Role],
+    /// Checks the `[params]` table and returns the parameters with their
+    /// defaults filled in, as JSON. Unknown parameters are errors.
+    pub validate_params: fn(&toml::Table) -> std::result::Result<Value, String>,
+    pub run: fn(&JobContext) -> Result<JobResult>,
+}
+
+/// Every job kind this build has.
+pub const KINDS: &[&KindSpec] = &[&suppression::SPEC];
+
+/// Returns the job kind named `name`.
+pub fn kind(name: &str) -> Option<&'static KindSpec> {
+    KINDS.iter().copied().find(|k| k.name == name)
+}
+
+/// Returns the names of every job kind.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name).collect()
+}
+
+/// An input table pinned at one version for the whole run.
+#[derive(Debug, Clone)]
+pub struct PinnedInput {
+    pub table: Table,
+    pub snapshot: Snapshot,
+    /// The version of this table that the last successful run read.
+    pub last_consumed: Option<u64>,
+}
+
+/// An output table and its latest version before the run.
+#[derive(Debug, Clone)]
+pub struct PinnedOutput {
+    pub table: Table,
+    pub snapshot: Option<Snapshot>,
+}
+
+impl PinnedOutput {
+    /// Reads the output's current content, or `None` if it does not exist.
+    pub fn read(&self) -> Result<Option<DataFrame>> {
+        match &self.snapshot {
+            Some(snapshot) => Ok(Some(self.table.scan(snapshot)?.collect()?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What a job sees of its run.
+#[derive(Debug)]
+pub struct JobContext {
+    pub warehouse: Warehouse,
+    pub pipeline: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub params: Value,
+    pub inputs: BTreeMap<String, PinnedInput>,
+    pub outputs: BTreeMap<String, PinnedOutput>,
+    pub last_success: Option<Manifest>,
+}
+
+impl JobContext {
+    /// Returns the pinned input of `role`; roles are validated on load, so
+    /// a missing one is a bug in the job kind.
+    pub fn input(&self, role: &str) -> &PinnedInput {
+        &self.inputs[role]
+    }
+
+    pub fn output(&self, role: &str) -> &PinnedOutput {
+        &self.outputs[role]
+    }
+}
+
+/// A new version of one output.
+#[derive(Debug)]
+pub struct OutputFrame {
+    pub role: String,
+    pub frame: DataFrame,
+    pub mode: WriteMode,
+    /// The column that identifies a row, for the added, removed and changed
+    /// counts.
+    pub key: Option<String>,
+}
+
+/// A file written after the outputs commit, such as a CSV for upload.
+#[derive(Debug)]
+pub struct Export {
+    /// A path under the warehouse root.
+    pub path: String,
+    pub frame: DataFrame,
+}
+
+/// What a job returns. Outputs it leaves out keep their current version.
+#[derive(Debug, Default)]
+pub struct JobResult {
+    pub outputs: Vec<OutputFrame>,
+    pub exports: Vec<Export>,
+    pub metrics: Map<String, Value>,
+    /// The input versions read only in part, by role: the version after
+    /// which files were read.
+    pub incremental_from: BTreeMap<String, u64>,
+}
+
+/// Parses `params` into `T`, rejecting unknown keys when `T` does.
+pub fn parse_params<T: serde::de::DeserializeOwned + serde::Serialize>(
+    params: &toml::Table,
+) -> std::result::Result<Value, String> {
+    let parsed: T = toml::Value::Table(params.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    serde_json::to_value(parsed).map_err(|e| e.to_string())
+}

@@ -1,0 +1,270 @@
+//! Pipeline files: one TOML file per declared job in the pipelines folder,
+//! validated on load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::delta::table::validate_table_name;
+use crate::error::{Error, Result};
+use crate::jobs::{self, KindSpec};
+
+/// A gate: a check on one output that must pass before any output commits.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// The output role or table name the gate checks.
+    pub output: String,
+    /// Fails when the output has fewer rows.
+    pub min_rows: Option<u64>,
+    /// Fails when the output has more rows.
+    pub max_rows: Option<u64>,
+    /// Fails when the output shrinks by more than this percentage of the
+    /// previous version's rows.
+    pub max_shrink_pct: Option<f64>,
+    /// Fails when the output grows by more than this percentage of the
+    /// previous version's rows.
+    pub max_growth_pct: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    kind: String,
+    description: Option<String>,
+    schedule: Option<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    params: toml::Table,
+    #[serde(default)]
+    gates: Vec<Gate>,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file name without `.toml`.
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: &'static KindSpec,
+    pub description: Option<String>,
+    /// When the pipeline is meant to run, as written in the file.
+    pub schedule: Option<String>,
+    /// Input role to table name, with defaults filled in.
+    pub inputs: BTreeMap<String, String>,
+    /// Output role to table name, with defaults filled in.
+    pub outputs: BTreeMap<String, String>,
+    /// Parameters, checked by the job kind, as JSON.
+    pub params: serde_json::Value,
+    pub gates: Vec<Gate>,
+}
+
+impl Pipeline {
+    /// Loads and validates the pipeline file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Pipeline {
+            path: path.to_path_buf(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates pipeline text; `path` names the pipeline.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let invalid = |message: String| Error::Pipeline {
+            path: path.to_path_buf(),
+            message,
+        };
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| invalid("the file name is not valid UTF-8".into()))?
+            .to_string();
+        validate_pipeline_name(&name).map_err(invalid)?;
+        let file: PipelineFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let kind = jobs::kind(&file.kind).ok_or_else(|| {
+            invalid(format!(
+                "unknown job kind `{}`; the job kinds are: {}",
+                file.kind,
+                jobs::kind_names().join(", ")
+            ))
+        })?;
+
+        let inputs = resolve_roles("input", &file.inputs, kind.inputs).map_err(&invalid)?;
+        let outputs = resolve_roles("output", &file.outputs, kind.outputs).map_err(&invalid)?;
+        for table in inputs.values().chain(outputs.values()) {
+            validate_table_name(table).map_err(|e| invalid(e.to_string()))?;
+        }
+        let params =
+            (kind.validate_params)(&file.params).map_err(|e| invalid(format!("[params]: {e}")))?;
+        for gate in &file.gates {
+            let known =
+                outputs.contains_key(&gate.output) || outputs.values().any(|t| t == &gate.output);
+            if !known {
+                return Err(invalid(format!(
+                    "gate on unknown output `{}`; the outputs are: {}",
+                    gate.output,
+                    outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(Self {
+            name,
+            path: path.to_path_buf(),
+            kind,
+            description: file.description,
+            schedule: file.schedule,
+            inputs,
+            outputs,
+            params,
+            gates: file.gates,
+        })
+    }
+
+    /// Returns the table of output `role_or_table`, given by role or name.
+    pub fn output_table(&self, role_or_table: &str) -> Option<&str> {
+        self.outputs
+            .get(role_or_table)
+            .or_else(|| self.outputs.values().find(|t| *t == role_or_table))
+            .map(String::as_str)
+    }
+}
+
+/// Checks a pipeline name: letters, digits, `_` and `-`.
+fn validate_pipeline_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid pipeline name `{name}`: name the file with letters, digits, `_` and `-` only"
+        ))
+    }
+}
+
+/// Maps each role of a job kind to a table: the one the file names, or the
+/// role's default. Roles the kind does not have are errors.
+fn resolve_roles(
+    what: &str,
+    given: &BTreeMap<String, String>,
+    roles: &[jobs::Role],
+) -> Result<BTreeMap<String, String>, String> {
+    for role in given.keys() {
+        if !roles.iter().any(|r| r.name == role) {
+            let names: Vec<&str> = roles.iter().map(|r| r.name).collect();
+            return Err(format!(
+                "unknown {what} `{role}`; this job kind's {what}s are: {}",
+                names.join(", ")
+            ));
+        }
+    }
+    let mut resolved = BTreeMap::new();
+    for role in roles {
+        let table = given
+            .get(role.name)
+            .cloned()
+            .unwrap_or_else(|| role.default_table.to_string());
+        resolved.insert(role.name.to_string(), table);
+    }
+    Ok(resolved)
+}
+
+/// Loads every `*.toml` pipeline in `dir`, sorted by name. Any invalid file
+/// is an error.
+pub fn load_all(dir: &Path) -> Result<Vec<Pipeline>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the pipelines folder {}: {e}; `nightshift init` creates one",
+            dir.display()
+        ))
+    })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.iter().map(|p| Pipeline::load(p)).collect()
+}
+
+/// Loads the pipeline `name` from `dir`.
+pub fn load_named(dir: &Path, name: &str) -> Result<Pipeline> {
+    let path = dir.join(format!("{name}.toml"));
+    if !path.exists() {
+        let known: Vec<String> = load_all(dir)
+            .map(|all| all.into_iter().map(|p| p.name).collect())
+            .unwrap_or_default();
+        return Err(Error::Config(format!(
+            "pipeline `{name}` not found: no file {}; the pipelines are: {}",
+            path.display(),
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    Pipeline::load(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Pipeline> {
+        Pipeline::parse(text, Path::new("pipelines/nightly.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_roles() {
+        let pipeline = parse("kind = \"suppression\"").unwrap();
+        assert_eq!(pipeline.name, "nightly");
+        assert_eq!(pipeline.inputs["events"], "email_events");
+        assert_eq!(pipeline.outputs["list"], "suppression_list");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let message = parse("kind = \"suppression\"\nschedul = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("schedul"), "{message}");
+        assert!(message.contains("nightly.toml"), "{message}");
+    }
+
+    #[test]
+    fn unknown_kind_lists_kinds() {
+        let message = parse("kind = \"supression\"").unwrap_err().to_string();
+        assert!(message.contains("supression"), "{message}");
+        assert!(message.contains("suppression"), "{message}");
+    }
+
+    #[test]
+    fn unknown_param_and_role_are_named() {
+        let message = parse("kind = \"suppression\"\n[params]\nexport = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("export"), "{message}");
+        let message = parse("kind = \"suppression\"\n[inputs]\nevent = \"email_events\"")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("unknown input `event`"), "{message}");
+    }
+
+    #[test]
+    fn invalid_table_name_rejected() {
+        let message = parse("kind = \"suppression\"\n[outputs]\nlist = \"Bad-Name\"")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("Bad-Name"), "{message}");
+    }
+}

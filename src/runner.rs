@@ -1,0 +1,627 @@
+//! The run lifecycle: lease, pin inputs, execute the job, gate, commit,
+//! write the manifest, release the lease.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::delta::table::{CommitOptions, Staged};
+use crate::delta::{Table, WriteMode};
+use crate::error::{Error, Result};
+use crate::jobs::{JobContext, JobResult, OutputFrame, PinnedInput, PinnedOutput};
+use crate::manifest::{self, InputRecord, Manifest, OutputRecord, Status, Trigger};
+use crate::pipeline::{Gate, Pipeline};
+use crate::warehouse::{PutOutcome, Warehouse};
+
+/// How to run a pipeline.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Runs even when inputs and parameters equal the last successful run's.
+    pub force: bool,
+    /// Computes and reports the outputs, commits nothing and writes no
+    /// manifest.
+    pub dry_run: bool,
+    pub trigger: Trigger,
+    /// How long the lease lasts before another run may take it over.
+    pub lease_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            force: false,
+            dry_run: false,
+            trigger: Trigger::Manual,
+            lease_timeout: Duration::minutes(120),
+        }
+    }
+}
+
+/// The outcome of one run: its manifest (for dry runs, the manifest that a
+/// real run would have written, with no versions committed).
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub manifest: Manifest,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    pipeline: String,
+    run_id: String,
+    acquired_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// A held lease; [`LeaseGuard::release`] deletes it.
+struct LeaseGuard<'a> {
+    warehouse: &'a Warehouse,
+    path: object_store::path::Path,
+}
+
+impl LeaseGuard<'_> {
+    fn release(self) {
+        if let Err(e) = self.warehouse.delete(&self.path) {
+            tracing::warn!(error = %e, "failed to release the lease; it expires by itself");
+        }
+    }
+}
+
+/// Takes the lease of `pipeline`, so that two runs of it never overlap. A
+/// lease older than its timeout belongs to a crashed run and is taken over.
+fn acquire_lease<'a>(
+    warehouse: &'a Warehouse,
+    pipeline: &str,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<LeaseGuard<'a>> {
+    let path = warehouse.path(&format!("leases/{pipeline}.json"));
+    for _ in 0..2 {
+        let now = Utc::now();
+        let lease = Lease {
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            acquired_at: now,
+            expires_at: now + timeout,
+        };
+        let body = Bytes::from(serde_json::to_vec(&lease)?);
+        if warehouse.put_if_absent(&path, body)? == PutOutcome::Created {
+            return Ok(LeaseGuard { warehouse, path });
+        }
+        let held: Option<Lease> = warehouse
+            .get(&path)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        match held {
+            Some(held) if held.expires_at > now => {
+                return Err(Error::LeaseHeld {
+                    pipeline: pipeline.to_string(),
+                    run_id: held.run_id,
+                    expires_at: held.expires_at.to_rfc3339(),
+                });
+            }
+            _ => {
+                // NOTE: between reading the expired lease and deleting it,
+                // another run may take it over too; the conditional create
+                // below still lets only one of them through.
+                tracing::warn!(pipeline, "taking over an expired lease");
+                warehouse.delete(&path)?;
+            }
+        }
+    }
+    Err(Error::Data(format!(
+        "could not take the lease of pipeline `{pipeline}`: another run took it first"
+    )))
+}
+
+/// Hashes the job kind, its parameters and table names, so that a change to
+/// any of them makes the next run a real one.
+fn params_hash(pipeline: &Pipeline) -> String {
+    let value = json!({
+        "kind": pipeline.kind.name,
+        "params": pipeline.params,
+        "inputs": pipeline.inputs,
+        "outputs": pipeline.outputs,
+    });
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `pipeline` on `warehouse`.
+pub fn run_pipeline(
+    warehouse: &Warehouse,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+) -> Result<RunReport> {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let lease = if options.dry_run {
+        None
+    } else {
+        Some(acquire_lease(
+            warehouse,
+            &pipeline.name,
+            &run_id,
+            options.lease_timeout,
+        )?)
+    };
+    let mut manifest = Manifest {
+        manifest_version: manifest::MANIFEST_VERSION,
+        nightshift_version: env!("CARGO_PKG_VERSION").to_string(),
+        pipeline: pipeline.name.clone(),
+        kind: pipeline.kind.name.to_string(),
+        run_id: run_id.clone(),
+        trigger: options.trigger,
+        status: Status::Failed,
+        forced: options.force,
+        started_at,
+        ended_at: started_at,
+        elapsed_seconds: 0.0,
+        params: pipeline.params.clone(),
+        params_hash: params_hash(pipeline),
+        error: None,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        metrics: Map::new(),
+        skipped_reason: None,
+    };
+    tracing::info!(pipeline = %pipeline.name, run_id = %run_id, "run started");
+
+    let outcome = execute(warehouse, pipeline, options, &mut manifest);
+    manifest.ended_at = Utc::now();
+    manifest.elapsed_seconds = clock.elapsed().as_secs_f64();
+    if let Err(e) = &outcome {
+        manifest.status = Status::Failed;
+        manifest.error = Some(e.to_string());
+        tracing::error!(pipeline = %pipeline.name, run_id = %run_id, error = %e, "run failed");
+    }
+    if !options.dry_run {
+        let written = manifest::write(warehouse, &manifest);
+        if let Some(lease) = lease {
+            lease.release();
+        }
+        written?;
+    }
+    tracing::info!(pipeline = %pipeline.name, run_id = %run_id, status = %manifest.status, "run ended");
+    match outcome {
+        Ok(()) => Ok(RunReport {
+            manifest,
+            dry_run: options.dry_run,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn execute(
+    warehouse: &Warehouse,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let last_success = manifest::last_success(warehouse, &pipeline.name)?;
+
+    // Pin every input at its latest version: the run sees one snapshot.
+    let mut inputs = BTreeMap::new();
+    for (role, name) in &pipeline.inputs {
+        let table = Table::new(warehouse, name)?;
+        let snapshot = match table.snapshot(None) {
+            Ok(snapshot) => snapshot,
+            Err(Error::TableNotFound(_)) => {
+                return Err(Error::Data(format!(
+                    "input table `{name}` of pipeline `{}` not found; ingest it first with \
+                     `nightshift ingest {name} FILE`",
+                    pipeline.name
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let last_consumed = last_success
+            .as_ref()
+            .and_then(|m| m.input(role))
+            .filter(|record| &record.table == name)
+            .map(|record| record.version);
+        manifest.inputs.push(InputRecord {
+            role: role.clone(),
+            table: name.clone(),
+            version: snapshot.version,
+            rows: snapshot.num_rows(),
+            incremental_from: None,
+        });
+        inputs.insert(
+            role.clone(),
+            PinnedInput {
+                table,
+                snapshot,
+                last_consumed,
+            },
+        );
+    }
+    let mut outputs = BTreeMap::new();
+    for (role, name) in &pipeline.outputs {
+        let table = Table::new(warehouse, name)?;
+        let snapshot = match table.latest_version()? {
+            Some(version) => Some(table.snapshot(Some(version))?),
+            None => None,
+        };
+        outputs.insert(role.clone(), PinnedOutput { table, snapshot });
+    }
+
+    if !options.force {
+        if let Some(reason) = skip_reason(pipeline, manifest, &outputs, last_success.as_ref()) {
+            manifest.status = Status::Skipped;
+            manifest.skipped_reason = Some(reason);
+            manifest.outputs = outputs
+                .iter()
+                .map(|(role, output)| OutputRecord {
+                    role: role.clone(),
+                    table: output.table.name().to_string(),
+                    version_before: output.snapshot.as_ref().map(|s| s.version),
+                    version: None,
+                    rows: output.snapshot.as_ref().and_then(|s| s.num_rows()),
+                    ..Default::default()
+                })
+                .collect();
+            return Ok(());
+        }
+    }
+
+    let context = JobContext {
+        warehouse: warehouse.clone(),
+        pipeline: pipeline.name.clone(),
+        run_id: manifest.run_id.clone(),
+        started_at: manifest.started_at,
+        params: pipeline.params.clone(),
+        inputs,
+        outputs: outputs.clone(),
+        last_success,
+    };
+    let result = (pipeline.kind.run)(&context)?;
+    manifest.metrics = result.metrics.clone();
+    for (role, from) in &result.incremental_from {
+        if let Some(record) = manifest.inputs.iter_mut().find(|i| &i.role == role) {
+            record.incremental_from = Some(*from);
+        }
+    }
+
+    // Compare each new output with its previous version.
+    let mut records = Vec::new();
+    for (role, output) in &outputs {
+        let new = result.outputs.iter().find(|o| &o.role == role);
+        records.push(describe_output(role, output, new)?);
+    }
+    manifest.outputs = records;
+
+    check_gates(pipeline, &manifest.outputs)?;
+    if options.dry_run {
+        manifest.status = Status::Succeeded;
+        return Ok(());
+    }
+    commit_outputs(pipeline, &outputs, result, manifest)?;
+    manifest.status = Status::Succeeded;
+    Ok(())
+}
+
+/// Returns why the run can be skipped: the last successful run had the same
+/// parameters and input versions, and no output changed since.
+fn skip_reason(
+    pipeline: &Pipeline,
+    manifest: &Manifest,
+    outputs: &BTreeMap<String, PinnedOutput>,
+    last: Option<&Manifest>,
+) -> Option<String> {
+    let last = last?;
+    if last.params_hash != manifest.params_hash {
+        return None;
+    }
+    let same_inputs = manifest.inputs.len() == last.inputs.len()
+        && manifest.inputs.iter().all(|input| {
+            last.input(&input.role)
+                .is_some_and(|l| l.table == input.table && l.version == input.version)
+        });
+    if !same_inputs {
+        return None;
+    }
+    // An output rolled back or rewritten by hand since makes the run real.
+    for record in &last.outputs {
+        let current = outputs
+            .get(&record.role)?
+            .snapshot
+            .as_ref()
+            .map(|s| s.version);
+        let expected = record.version.or(record.version_before);
+        if current != expected {
+            return None;
+        }
+    }
+    Some(format!(
+        "inputs and parameters unchanged since run {} of pipeline `{}`; use --force to run anyway",
+        last.run_id, pipeline.name
+    ))
+}
+
+/// Counts rows added, removed and changed (by key) against the previous
+/// version of an output.
+fn describe_output(
+    role: &str,
+    output: &PinnedOutput,
+    new: Option<&OutputFrame>,
+) -> Result<OutputRecord> {
+    let version_before = output.snapshot.as_ref().map(|s| s.version);
+    let mut record = OutputRecord {
+        role: role.to_string(),
+        table: output.table.name().to_string(),
+        version_before,
+        version: None,
+        rows: output.snapshot.as_ref().and_then(|s| s.num_rows()),
+        ..Default::default()
+    };
+    let Some(new) = new else {
+        return Ok(record);
+    };
+    let previous = output.read()?;
+    let new_rows = new.frame.height() as u64;
+    record.rows = Some(match new.mode {
+        WriteMode::Overwrite => new_rows,
+        WriteMode::Append => record.rows.unwrap_or(0) + new_rows,
+    });
+    let (added, removed, changed) = match (new.mode, previous, &new.key) {
+        (WriteMode::Append, _, _) => (new_rows, 0, 0),
+        (WriteMode::Overwrite, None, _) => (new_rows, 0, 0),
+        (WriteMode::Overwrite, Some(previous), Some(key)) => {
+            diff_by_key(&previous, &new.frame, key)?
+        }
+        (WriteMode::Overwrite, Some(previous), None) => (new_rows, previous.height() as u64, 0),
+    };
+    record.rows_added = Some(added);
+    record.rows_removed = Some(removed);
+    record.rows_changed = Some(changed);
+    Ok(record)
+}
+
+/// Returns (added, removed, changed) row counts between two frames with the
+/// same key column. A row changed when any column other than `run_id`
+/// differs.
+pub fn diff_by_key(old: &DataFrame, new: &DataFrame, key: &str) -> Result<(u64, u64, u64)> {
+    let anti = |a: &DataFrame, b: &DataFrame| -> Result<u64> {
+        Ok(a.clone()
+            .lazy()
+            .join(
+                b.clone().lazy().select([col(key)]),
+                [col(key)],
+                [col(key)],
+                JoinArgs::new(JoinType::Anti),
+            )
+            .collect()?
+            .height() as u64)
+    };
+    let added = anti(new, old)?;
+    let removed = anti(old, new)?;
+    let compared: Vec<String> = new
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| c != key && c != "run_id" && old.schema().contains(c))
+        .collect();
+    let fingerprint = |df: &DataFrame| -> LazyFrame {
+        let parts: Vec<Expr> = compared
+            .iter()
+            .map(|c| {
+                col(c.as_str())
+                    .cast(DataType::String)
+                    .fill_null(lit("\u{1}"))
+            })
+            .collect();
+        let row = if parts.is_empty() {
+            lit("")
+        } else {
+            concat_str(parts, "\u{0}", false)
+        };
+        df.clone().lazy().select([col(key), row.alias("_row")])
+    };
+    let changed = fingerprint(old)
+        .join(
+            fingerprint(new),
+            [col(key)],
+            [col(key)],
+            JoinArgs::new(JoinType::Inner),
+        )
+        .filter(col("_row").neq(col("_row_right")))
+        .collect()?
+        .height() as u64;
+    Ok((added, removed, changed))
+}
+
+/// Fails when a gate of the pipeline does not pass.
+fn check_gates(pipeline: &Pipeline, outputs: &[OutputRecord]) -> Result<()> {
+    for gate in &pipeline.gates {
+        let Some(table) = pipeline.output_table(&gate.output) else {
+            continue;
+        };
+        let Some(record) = outputs.iter().find(|o| o.table == table) else {
+            continue;
+        };
+        if let Some(message) = gate_failure(gate, record) {
+            return Err(Error::Data(format!(
+                "gate on output `{}` failed: {message}; nothing was committed",
+                gate.output
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn gate_failure(gate: &Gate, record: &OutputRecord) -> Option<String> {
+    let rows = record.rows.unwrap_or(0);
+    if let Some(min) = gate.min_rows {
+        if rows < min {
+            return Some(format!("{rows} rows, fewer than min_rows = {min}"));
+        }
+    }
+    if let Some(max) = gate.max_rows {
+        if rows > max {
+            return Some(format!("{rows} rows, more than max_rows = {max}"));
+        }
+    }
+    let before = record
+        .rows_removed
+        .zip(record.rows_added)
+        .map(|(removed, added)| (rows + removed).saturating_sub(added));
+    if let Some(before) = before.filter(|b| *b > 0) {
+        let change = (rows as f64 - before as f64) / before as f64 * 100.0;
+        if let Some(max) = gate.max_shrink_pct {
+            if -change > max {
+                return Some(format!(
+                    "shrinks from {before} to {rows} rows ({:.1}%), more than max_shrink_pct = {max}",
+                    -change
+                ));
+            }
+        }
+        if let Some(max) = gate.max_growth_pct {
+            if change > max {
+                return Some(format!(
+                    "grows from {before} to {rows} rows ({change:.1}%), more than max_growth_pct = {max}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Stages every output (writing data files), then commits them one by one.
+/// When a commit fails after others succeeded, each committed output gets a
+/// compensating version that restores its previous content.
+fn commit_outputs(
+    pipeline: &Pipeline,
+    outputs: &BTreeMap<String, PinnedOutput>,
+    result: JobResult,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let mut staged: Vec<(String, &'static str, Staged)> = Vec::new();
+    for frame in result.outputs {
+        let output = &outputs[&frame.role];
+        let mode = match frame.mode {
+            WriteMode::Append => "Append",
+            WriteMode::Overwrite => "Overwrite",
+        };
+        let stage = output
+            .table
+            .stage(frame.frame, frame.mode, output.snapshot.as_ref())?;
+        staged.push((frame.role, mode, stage));
+    }
+
+    failpoint("abort_before_commit")?;
+    let mut committed: Vec<(String, u64)> = Vec::new();
+    for (role, mode, stage) in staged {
+        if !committed.is_empty() {
+            if let Err(e) = failpoint("fail_after_first_commit") {
+                compensate(pipeline, outputs, &committed, manifest);
+                return Err(e);
+            }
+        }
+        let options = CommitOptions::new("WRITE")
+            .with_parameter("mode", mode)
+            .with_parameter("pipeline", pipeline.name.clone())
+            .with_run_id(Some(manifest.run_id.clone()));
+        match stage.commit(options) {
+            Ok(version) => {
+                if let Some(record) = manifest.outputs.iter_mut().find(|o| o.role == role) {
+                    record.version = Some(version);
+                }
+                committed.push((role, version));
+            }
+            Err(e) => {
+                compensate(pipeline, outputs, &committed, manifest);
+                return Err(e);
+            }
+        }
+    }
+
+    for export in result.exports {
+        let warehouse = outputs
+            .values()
+            .next()
+            .map(|o| o.table.warehouse().clone())
+            .ok_or_else(|| Error::Data("a job with exports has no outputs".into()))?;
+        write_csv_export(&warehouse, &export.path, export.frame)?;
+        let exports = manifest
+            .metrics
+            .entry("exports")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(list) = exports.as_array_mut() {
+            list.push(Value::from(export.path.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Fails (or aborts the process) at the named point when the environment
+/// variable `NIGHTSHIFT_FAILPOINT` names it. Tests use it to simulate a
+/// crash between writing data files and committing, or a commit failing
+/// after another output committed.
+fn failpoint(name: &str) -> Result<()> {
+    if std::env::var("NIGHTSHIFT_FAILPOINT").as_deref() != Ok(name) {
+        return Ok(());
+    }
+    if name.starts_with("abort") {
+        tracing::error!(failpoint = name, "aborting the process");
+        std::process::abort();
+    }
+    Err(Error::Data(format!("failpoint `{name}` triggered")))
+}
+
+/// Restores each committed output to its version before the run.
+fn compensate(
+    pipeline: &Pipeline,
+    outputs: &BTreeMap<String, PinnedOutput>,
+    committed: &[(String, u64)],
+    manifest: &mut Manifest,
+) {
+    for (role, _) in committed {
+        let output = &outputs[role];
+        let options = CommitOptions::new("RESTORE")
+            .with_parameter("pipeline", pipeline.name.clone())
+            .with_parameter("reason", "another output of the run failed to commit")
+            .with_run_id(Some(manifest.run_id.clone()));
+        let restored = match &output.snapshot {
+            Some(before) => output.table.restore(before.version, options),
+            None => {
+                // The table did not exist before the run: empty it.
+                output
+                    .table
+                    .snapshot(None)
+                    .and_then(|s| {
+                        let empty = DataFrame::empty_with_schema(&s.schema);
+                        output.table.stage(empty, WriteMode::Overwrite, Some(&s))
+                    })
+                    .and_then(|stage| stage.commit(options))
+            }
+        };
+        match restored {
+            Ok(version) => {
+                if let Some(record) = manifest.outputs.iter_mut().find(|o| &o.role == role) {
+                    record.compensated_by = Some(version);
+                }
+            }
+            Err(e) => {
+                tracing::error!(table = %output.table.name(), error = %e, "failed to restore an output after a failed commit");
+            }
+        }
+    }
+}
+
+/// Writes `frame` as CSV to `path` under the warehouse root.
+pub fn write_csv_export(warehouse: &Warehouse, path: &str, mut frame: DataFrame) -> Result<()> {
+    let mut buffer = Vec::new();
+    CsvWriter::new(&mut buffer)
+        .include_header(true)
+        .finish(&mut frame)?;
+    warehouse.put(&warehouse.path(path), Bytes::from(buffer))?;
+    tracing::info!(path, rows = frame.height(), "wrote export");
+    Ok(())
+}
