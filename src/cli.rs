@@ -1,0 +1,811 @@
+//! The command line: argument definitions and one function per subcommand.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::delta::table::CommitOptions;
+use crate::delta::Table;
+use crate::error::Error;
+use crate::generate::{self, GenerateOptions};
+use crate::ingest::{self, CsvOptions, Format, IngestMode, IngestOptions, MaxRejected};
+use crate::manifest::{self, Manifest, Status};
+use crate::pipeline::{self, Pipeline};
+use crate::runner::{self, RunOptions};
+use crate::warehouse::Warehouse;
+
+/// Exit code of a run or data failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nightshift",
+    version,
+    about = "Scheduled batch jobs for marketing operations over versioned Delta tables",
+    after_help = "Exit codes: 0 success, 1 run or data failure, 2 usage or configuration error.\n\
+                  Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=nightshift=debug) for more."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: ./nightshift.toml when it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Warehouse URL: file://PATH, s3://BUCKET/PREFIX or memory:// (overrides the configuration)
+    #[arg(long, global = true, value_name = "URL", env = "NIGHTSHIFT_WAREHOUSE")]
+    pub warehouse: Option<String>,
+    /// Print JSON instead of text for people
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log errors only
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write nightshift.toml and the standard pipelines into a folder
+    Init(InitArgs),
+    /// Generate synthetic contacts, email events, activities and orders as Parquet
+    Generate(GenerateArgs),
+    /// Load CSV, Parquet or NDJSON files into a table
+    Ingest(IngestArgs),
+    /// Run pipelines
+    Run(RunArgs),
+    /// List recorded runs, newest first
+    Runs(RunsArgs),
+    /// List the warehouse's tables with their latest version and rows
+    Tables,
+    /// Show a table's versions
+    History(TableArgs),
+    /// Print what a notebook needs to read a table
+    Path(PathArgs),
+    /// Commit a new version restoring an older one (nothing is deleted)
+    Rollback(RollbackArgs),
+    /// Delete data files no version inside the retention window references
+    Vacuum(VacuumArgs),
+    /// Check the configuration and every pipeline file
+    Validate,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Folder to initialise
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Random seed; the same seed and sizes give the same files
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of contacts (about 3% of them near-duplicates of another)
+    #[arg(long, default_value_t = 10_000)]
+    pub contacts: u64,
+    /// Mean number of email events per contact
+    #[arg(long, default_value_t = 10)]
+    pub events_per_contact: u64,
+    /// Mean number of activities per contact
+    #[arg(long, default_value_t = 3)]
+    pub activities_per_contact: u64,
+    /// Output folder; receives contacts/, email_events/, activities/ and orders/
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Table to load into (canonical: contacts, email_events, activities, orders)
+    pub table: String,
+    /// Local paths or URLs (s3://BUCKET/KEY, file://PATH)
+    #[arg(required = true)]
+    pub files: Vec<String>,
+    /// File format [default: from each file's extension]
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// CSV field delimiter, one character (use \t for tab)
+    #[arg(long, default_value = ",")]
+    pub delimiter: String,
+    /// The CSV files have no header line; columns are named column_1, column_2, ...
+    #[arg(long)]
+    pub no_header: bool,
+    /// CSV quote character, or "none" to turn quoting off
+    #[arg(long, default_value = "\"")]
+    pub quote: String,
+    /// Map a source column onto a table column, e.g. --map Email=email (repeatable)
+    #[arg(long = "map", value_name = "SOURCE=COLUMN")]
+    pub mapping: Vec<String>,
+    /// How the rows change the table
+    #[arg(long, value_enum, default_value_t = IngestMode::Append)]
+    pub mode: IngestMode,
+    /// Key column for upserts and duplicate checks [default: the table's key]
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Fail without committing when more rows are rejected: a count (100) or a percentage (1%)
+    #[arg(long, value_name = "N|P%")]
+    pub max_rejected: Option<MaxRejected>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipelines to run, by file name without .toml
+    pub pipelines: Vec<String>,
+    /// Run every pipeline in the pipelines folder
+    #[arg(long, conflicts_with = "pipelines")]
+    pub all: bool,
+    /// Run even when inputs and parameters are unchanged since the last success
+    #[arg(long)]
+    pub force: bool,
+    /// Compute and report rows added, removed and changed per output; commit nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this pipeline
+    pub pipeline: Option<String>,
+    /// Show at most this many runs
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    pub table: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    pub table: String,
+    /// Version to read [default: the latest]
+    #[arg(long)]
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub table: String,
+    /// Version whose content the new version restores
+    #[arg(long)]
+    pub to: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// Tables to vacuum [default: all]
+    pub tables: Vec<String>,
+    /// Keep every version committed within this many hours
+    #[arg(long, default_value_t = 168.0)]
+    pub retention_hours: f64,
+    /// List the files that would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = Config::load(cli.global.config.as_deref())?;
+    let json_output = cli.global.json;
+    let warehouse_url = || {
+        cli.global
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| config.warehouse.clone())
+    };
+    let open = || -> anyhow::Result<Warehouse> { Ok(Warehouse::open(&warehouse_url())?) };
+    match cli.command {
+        Command::Init(args) => init(&args, json_output),
+        Command::Generate(args) => generate_files(&args, json_output),
+        Command::Ingest(args) => ingest_files(&open()?, args, json_output),
+        Command::Run(args) => run_pipelines(&open()?, &config, &args, json_output),
+        Command::Runs(args) => list_runs(&open()?, &args, json_output),
+        Command::Tables => list_tables(&open()?, json_output),
+        Command::History(args) => history(&open()?, &args.table, json_output),
+        Command::Path(args) => table_path(&open()?, &args, json_output),
+        Command::Rollback(args) => rollback(&open()?, &args, json_output),
+        Command::Vacuum(args) => vacuum(&open()?, &args, json_output),
+        Command::Validate => validate(&open()?, &config, json_output),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+const CONFIG_TEMPLATE: &str = r#"# nightshift configuration.
+# The warehouse: file://PATH (relative to this file), s3://BUCKET/PREFIX
+# (credentials, region and endpoint from AWS_* environment variables).
+warehouse = "file://./warehouse"
+# The folder of pipeline files, relative to this file.
+pipelines = "pipelines"
+"#;
+
+const SUPPRESSION_TEMPLATE: &str = r#"# Nightly bounce suppression: moves hard bounces, complaints and
+# unsubscribes from email_events to suppression_list.
+kind = "suppression"
+description = "Nightly bounce suppression"
+schedule = "daily 02:00 UTC"
+
+[inputs]
+events = "email_events"
+
+[outputs]
+list = "suppression_list"
+changes = "suppression_changes"
+
+[params]
+# CSV of the whole list, under the warehouse, for the email platform.
+export_csv = "exports/suppression_list.csv"
+
+# Fail the run, committing nothing, if the list would shrink by more than 5%:
+# the list only grows unless someone removes entries on purpose.
+[[gates]]
+output = "list"
+max_shrink_pct = 5.0
+"#;
+
+fn init(args: &InitArgs, json_output: bool) -> anyhow::Result<u8> {
+    let files = [
+        (args.dir.join("nightshift.toml"), CONFIG_TEMPLATE),
+        (
+            args.dir.join("pipelines/suppression.toml"),
+            SUPPRESSION_TEMPLATE,
+        ),
+    ];
+    let mut written = Vec::new();
+    for (path, text) in &files {
+        if path.exists() && !args.force {
+            bail!(Error::Config(format!(
+                "{} already exists; pass --force to overwrite it",
+                path.display()
+            )));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    if json_output {
+        print_json(&json!({ "written": written }))?;
+    } else {
+        for path in written {
+            println!("wrote {path}");
+        }
+    }
+    Ok(0)
+}
+
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn spinner(what: String) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(what);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn generate_files(args: &GenerateArgs, json_output: bool) -> anyhow::Result<u8> {
+    let mut options = GenerateOptions::new(args.seed, args.contacts, &args.out);
+    options.events_per_contact = args.events_per_contact;
+    options.activities_per_contact = args.activities_per_contact;
+    let bar = progress_bar(args.contacts, "generating contacts");
+    let summary = generate::generate(&options, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if json_output {
+        print_json(&summary)?;
+    } else {
+        println!(
+            "generated {} contacts, {} email events, {} activities, {} orders in {}",
+            summary.contacts,
+            summary.email_events,
+            summary.activities,
+            summary.orders,
+            args.out.display()
+        );
+    }
+    Ok(0)
+}
+
+fn single_byte(option: &str, value: &str) -> anyhow::Result<u8> {
+    let value = if value == "\\t" { "\t" } else { value };
+    match value.as_bytes() {
+        [byte] => Ok(*byte),
+        _ => bail!(Error::Config(format!(
+            "invalid {option} `{value}`: expected exactly one character"
+        ))),
+    }
+}
+
+fn ingest_files(warehouse: &Warehouse, args: IngestArgs, json_output: bool) -> anyhow::Result<u8> {
+    let mut mapping = BTreeMap::new();
+    for entry in &args.mapping {
+        let Some((source, target)) = entry.split_once('=') else {
+            bail!(Error::Config(format!(
+                "invalid --map `{entry}`: expected SOURCE=COLUMN, e.g. --map Email=email"
+            )));
+        };
+        mapping.insert(source.trim().to_string(), target.trim().to_string());
+    }
+    let quote = if args.quote.eq_ignore_ascii_case("none") {
+        None
+    } else {
+        Some(single_byte("--quote", &args.quote)?)
+    };
+    let options = IngestOptions {
+        table: args.table.clone(),
+        files: args.files.clone(),
+        format: args.format,
+        csv: CsvOptions {
+            delimiter: single_byte("--delimiter", &args.delimiter)?,
+            has_header: !args.no_header,
+            quote,
+        },
+        mapping,
+        mode: args.mode,
+        key: args.key.clone(),
+        max_rejected: args.max_rejected,
+    };
+    let bar = spinner(format!(
+        "ingesting {} file(s) into {}",
+        args.files.len(),
+        args.table
+    ));
+    let result = ingest::ingest(warehouse, &options);
+    bar.finish_and_clear();
+    let summary = result?;
+    if json_output {
+        print_json(&summary)?;
+        return Ok(0);
+    }
+    println!(
+        "{}: read {} rows = {} accepted + {} rejected; committed version {}",
+        summary.table, summary.rows_read, summary.accepted, summary.rejected, summary.version
+    );
+    if summary.files.len() > 1 {
+        for file in &summary.files {
+            println!(
+                "  {}: {} read, {} accepted, {} rejected",
+                file.file, file.rows_read, file.accepted, file.rejected
+            );
+        }
+    }
+    if let (Some(table), Some(version)) = (&summary.rejected_table, summary.rejected_version) {
+        println!("rejected rows are in table {table} (version {version}); most frequent reasons:");
+        for (reason, count) in &summary.rejection_reasons {
+            println!("  {count:>8}  {reason}");
+        }
+    }
+    Ok(0)
+}
+
+fn run_pipelines(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &RunArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    let pipelines: Vec<Pipeline> = if args.all {
+        pipeline::load_all(&config.pipelines_dir)?
+    } else if args.pipelines.is_empty() {
+        bail!(Error::Config(
+            "name the pipelines to run, or pass --all".into()
+        ));
+    } else {
+        args.pipelines
+            .iter()
+            .map(|name| pipeline::load_named(&config.pipelines_dir, name))
+            .collect::<Result<_, _>>()?
+    };
+    let options = RunOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        lease_timeout: chrono::Duration::minutes(config.lease_timeout_minutes as i64),
+        ..Default::default()
+    };
+    let mut reports = Vec::new();
+    let mut failures = 0;
+    let mut exit = 0;
+    for pipeline in &pipelines {
+        let bar = spinner(format!("running {}", pipeline.name));
+        let outcome = runner::run_pipeline(warehouse, pipeline, &options);
+        bar.finish_and_clear();
+        match outcome {
+            Ok(report) => {
+                if !json_output {
+                    print_run(&report.manifest, report.dry_run);
+                }
+                reports.push(json!({ "dry_run": report.dry_run, "manifest": report.manifest }));
+            }
+            Err(e) => {
+                failures += 1;
+                exit = exit.max(match &e {
+                    Error::Config(_) | Error::Pipeline { .. } => EXIT_USAGE,
+                    _ => EXIT_FAILURE,
+                });
+                eprintln!("error: pipeline {} failed: {e}", pipeline.name);
+                let last = manifest::list(warehouse, &pipeline.name)
+                    .ok()
+                    .and_then(|all| all.into_iter().last())
+                    .filter(|m| {
+                        m.status == Status::Failed && m.error.as_deref() == Some(&e.to_string())
+                    });
+                reports.push(
+                    json!({ "pipeline": pipeline.name, "error": e.to_string(), "manifest": last }),
+                );
+            }
+        }
+    }
+    if json_output {
+        print_json(&reports)?;
+    } else if pipelines.len() > 1 {
+        println!("{} pipeline(s) run, {failures} failed", pipelines.len());
+    }
+    Ok(exit)
+}
+
+fn print_run(manifest: &Manifest, dry_run: bool) {
+    let label = if dry_run { "dry run of" } else { "run of" };
+    println!(
+        "{label} {} ({}) {} in {:.2}s, run id {}",
+        manifest.pipeline,
+        manifest.kind,
+        manifest.status,
+        manifest.elapsed_seconds,
+        manifest.run_id
+    );
+    if let Some(reason) = &manifest.skipped_reason {
+        println!("  skipped: {reason}");
+    }
+    for input in &manifest.inputs {
+        let scope = match input.incremental_from {
+            Some(from) => format!(", read versions {}..={} only", from + 1, input.version),
+            None => String::new(),
+        };
+        println!(
+            "  input  {:<22} version {:<4} {} rows{scope}",
+            input.table,
+            input.version,
+            fmt_opt(input.rows)
+        );
+    }
+    for output in &manifest.outputs {
+        let version = match (output.version, dry_run) {
+            (Some(v), _) => format!("committed version {v}"),
+            (None, true) => "would commit".to_string(),
+            (None, false) => "unchanged".to_string(),
+        };
+        println!(
+            "  output {:<22} {version}: {} rows (+{} -{} ~{})",
+            output.table,
+            fmt_opt(output.rows),
+            fmt_opt(output.rows_added),
+            fmt_opt(output.rows_removed),
+            fmt_opt(output.rows_changed)
+        );
+    }
+    if !manifest.metrics.is_empty() {
+        let metrics: Vec<String> = manifest
+            .metrics
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }
+                )
+            })
+            .collect();
+        println!("  metrics: {}", metrics.join(", "));
+    }
+}
+
+fn fmt_opt(value: Option<u64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn list_runs(warehouse: &Warehouse, args: &RunsArgs, json_output: bool) -> anyhow::Result<u8> {
+    let names = match &args.pipeline {
+        Some(name) => vec![name.clone()],
+        None => manifest::pipelines(warehouse)?,
+    };
+    let mut all = Vec::new();
+    for name in names {
+        all.extend(manifest::list(warehouse, &name)?);
+    }
+    all.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    all.truncate(args.limit);
+    if json_output {
+        print_json(&all)?;
+        return Ok(0);
+    }
+    if all.is_empty() {
+        println!("no runs recorded");
+        return Ok(0);
+    }
+    println!(
+        "{:<36}  {:<20}  {:<9}  {:<25}  {:>8}  error",
+        "run id", "pipeline", "status", "started at", "seconds"
+    );
+    for m in all {
+        println!(
+            "{:<36}  {:<20}  {:<9}  {:<25}  {:>8.2}  {}",
+            m.run_id,
+            m.pipeline,
+            m.status.to_string(),
+            m.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            m.elapsed_seconds,
+            m.error.unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+fn list_tables(warehouse: &Warehouse, json_output: bool) -> anyhow::Result<u8> {
+    let mut rows = Vec::new();
+    for name in warehouse.list_folders(&warehouse.path("tables"))? {
+        let Ok(table) = Table::new(warehouse, &name) else {
+            continue;
+        };
+        let Some(version) = table.latest_version()? else {
+            continue;
+        };
+        let snapshot = table.snapshot(Some(version))?;
+        rows.push(json!({
+            "table": name,
+            "version": version,
+            "rows": snapshot.num_rows(),
+            "files": snapshot.files.len(),
+            "uri": table.uri(),
+        }));
+    }
+    if json_output {
+        print_json(&rows)?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no tables in {}", warehouse.url());
+        return Ok(0);
+    }
+    println!(
+        "{:<28}  {:>7}  {:>12}  {:>5}",
+        "table", "version", "rows", "files"
+    );
+    for row in rows {
+        println!(
+            "{:<28}  {:>7}  {:>12}  {:>5}",
+            row["table"].as_str().unwrap_or(""),
+            row["version"].as_u64().unwrap_or(0),
+            row["rows"]
+                .as_u64()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "?".into()),
+            row["files"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(0)
+}
+
+fn existing_table(warehouse: &Warehouse, name: &str) -> anyhow::Result<Table> {
+    let table = Table::new(warehouse, name)?;
+    if !table.exists()? {
+        bail!(Error::TableNotFound(name.to_string()));
+    }
+    Ok(table)
+}
+
+fn history(warehouse: &Warehouse, name: &str, json_output: bool) -> anyhow::Result<u8> {
+    let table = existing_table(warehouse, name)?;
+    let entries = table.history()?;
+    if json_output {
+        print_json(&entries)?;
+        return Ok(0);
+    }
+    println!(
+        "{:>7}  {:<25}  {:<9}  {:<10}  {:>10}  {:>6}  {:>8}  run id",
+        "version", "committed at", "operation", "mode", "rows", "added", "removed"
+    );
+    for e in entries.iter().rev() {
+        let mode = e
+            .parameters
+            .get("mode")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        println!(
+            "{:>7}  {:<25}  {:<9}  {:<10}  {:>10}  {:>6}  {:>8}  {}",
+            e.version,
+            e.timestamp
+                .clone()
+                .unwrap_or_default()
+                .chars()
+                .take(25)
+                .collect::<String>(),
+            e.operation.clone().unwrap_or_default(),
+            mode,
+            fmt_opt(e.num_rows),
+            e.files_added,
+            e.files_removed,
+            e.run_id.clone().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+fn table_path(warehouse: &Warehouse, args: &PathArgs, json_output: bool) -> anyhow::Result<u8> {
+    let table = existing_table(warehouse, &args.table)?;
+    let snapshot = table.snapshot(args.version)?;
+    let uri = table.uri();
+    let files: Vec<String> = snapshot
+        .files
+        .iter()
+        .map(|f| format!("{}/{}", uri.trim_end_matches('/'), f.path))
+        .collect();
+    let is_s3 = uri.starts_with("s3://");
+    if json_output {
+        print_json(&json!({
+            "table": args.table,
+            "uri": uri,
+            "version": snapshot.version,
+            "rows": snapshot.num_rows(),
+            "files": files,
+            "format": "delta",
+        }))?;
+        return Ok(0);
+    }
+    let version = snapshot.version;
+    let options = if is_s3 {
+        ", storage_options={\"AWS_ENDPOINT_URL\": ..., \"AWS_REGION\": ...}"
+    } else {
+        ""
+    };
+    println!("table    {}", args.table);
+    println!("uri      {uri}");
+    println!(
+        "version  {version} ({} rows, {} files)",
+        fmt_opt(snapshot.num_rows()),
+        files.len()
+    );
+    println!();
+    println!("polars:    pl.read_delta(\"{uri}\", version={version}{options})");
+    println!("deltalake: DeltaTable(\"{uri}\", version={version}{options}).to_pandas()");
+    println!("duckdb:    SELECT * FROM delta_scan('{uri}')  -- latest version");
+    Ok(0)
+}
+
+fn rollback(warehouse: &Warehouse, args: &RollbackArgs, json_output: bool) -> anyhow::Result<u8> {
+    let table = existing_table(warehouse, &args.table)?;
+    let version = table.restore(args.to, CommitOptions::new("RESTORE"))?;
+    if json_output {
+        print_json(&json!({ "table": args.table, "restored": args.to, "version": version }))?;
+    } else {
+        println!(
+            "{}: committed version {version}, restoring the content of version {}",
+            args.table, args.to
+        );
+    }
+    Ok(0)
+}
+
+fn vacuum(warehouse: &Warehouse, args: &VacuumArgs, json_output: bool) -> anyhow::Result<u8> {
+    if args.retention_hours.is_nan() || args.retention_hours < 0.0 {
+        bail!(Error::Config(format!(
+            "invalid --retention-hours {}: expected 0 or more",
+            args.retention_hours
+        )));
+    }
+    let names = if args.tables.is_empty() {
+        warehouse.list_folders(&warehouse.path("tables"))?
+    } else {
+        args.tables.clone()
+    };
+    let retention = Duration::from_secs_f64(args.retention_hours * 3600.0);
+    let mut reports = Vec::new();
+    for name in names {
+        let table = existing_table(warehouse, &name)?;
+        reports.push(table.vacuum(retention, args.dry_run)?);
+    }
+    if json_output {
+        print_json(&reports)?;
+        return Ok(0);
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for report in reports {
+        println!(
+            "{}: {verb} {} files ({} bytes); oldest readable version {}",
+            report.table,
+            report.files_deleted.len(),
+            report.bytes_deleted,
+            fmt_opt(report.oldest_readable_version)
+        );
+        for file in &report.files_deleted {
+            println!("  {file}");
+        }
+    }
+    Ok(0)
+}
+
+fn validate(warehouse: &Warehouse, config: &Config, json_output: bool) -> anyhow::Result<u8> {
+    let pipelines = pipeline::load_all(&config.pipelines_dir)?;
+    let produced: Vec<&str> = pipelines
+        .iter()
+        .flat_map(|p| p.outputs.values().map(String::as_str))
+        .collect();
+    let mut problems = Vec::new();
+    for p in &pipelines {
+        for (role, table) in &p.inputs {
+            let known = crate::schema::input_table(table).is_some()
+                || produced.contains(&table.as_str())
+                || Table::new(warehouse, table)?.exists()?;
+            if !known {
+                problems.push(format!(
+                    "{}: input `{role}` names table `{table}`, which is not a canonical table, not \
+                     written by any pipeline, and not in the warehouse",
+                    p.path.display()
+                ));
+            }
+        }
+    }
+    if json_output {
+        let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+        print_json(
+            &json!({ "pipelines": names, "problems": problems, "config": config.source.as_deref().map(Path::display).map(|d| d.to_string()) }),
+        )?;
+    } else {
+        for p in &pipelines {
+            println!("ok  {} ({}) {}", p.name, p.kind.name, p.path.display());
+        }
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+    }
+    if problems.is_empty() {
+        Ok(0)
+    } else {
+        Ok(EXIT_USAGE)
+    }
+}
