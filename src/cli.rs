@@ -397,9 +397,17 @@ fn ingest_files(warehouse: &Warehouse, args: IngestArgs, json_output: bool) -> a
         print_json(&summary)?;
         return Ok(0);
     }
+    let outcome = if summary.committed {
+        format!("committed version {}", summary.version)
+    } else {
+        format!(
+            "nothing to commit, table stays at version {}",
+            summary.version
+        )
+    };
     println!(
-        "{}: read {} rows = {} accepted + {} rejected; committed version {}",
-        summary.table, summary.rows_read, summary.accepted, summary.rejected, summary.version
+        "{}: read {} rows = {} accepted + {} rejected; {outcome}",
+        summary.table, summary.rows_read, summary.accepted, summary.rejected
     );
     if summary.files.len() > 1 {
         for file in &summary.files {

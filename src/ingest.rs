@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::delta::table::CommitOptions;
-use crate::delta::{Table, WriteMode};
+use crate::delta::{Snapshot, Table, WriteMode};
 use crate::error::{Error, Result};
 use crate::schema::{self, CanonicalTable, ColumnType};
 use crate::warehouse::Warehouse;
@@ -148,8 +148,10 @@ pub struct IngestSummary {
     pub accepted: u64,
     pub rejected: u64,
     pub files: Vec<FileSummary>,
-    /// The committed version of the table.
+    /// The table's version after the ingest.
     pub version: u64,
+    /// False when no row was accepted, so no version was committed.
+    pub committed: bool,
     /// The table rejected rows went to, and its committed version.
     pub rejected_table: Option<String>,
     pub rejected_version: Option<u64>,
@@ -225,6 +227,29 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
         files.push(summary);
     }
 
+    let batch = if accepted_frames.is_empty() {
+        DataFrame::empty()
+    } else {
+        concat_frames(accepted_frames)?
+    };
+    let base = match table.latest_version()? {
+        Some(version) => Some(table.snapshot(Some(version))?),
+        None => None,
+    };
+    let batch = match (options.mode, &key, &base) {
+        (IngestMode::Append, Some(key), Some(base)) if batch.height() > 0 => reject_existing_keys(
+            &table,
+            base,
+            batch,
+            key,
+            &options.files,
+            &mut files,
+            &mut rejected,
+        )?,
+        _ => batch,
+    };
+    let batch = batch.drop_many([FILE_COLUMN, LINE_COLUMN]);
+
     let rows_read: u64 = files.iter().map(|f| f.rows_read).sum();
     let rejected_count: u64 = files.iter().map(|f| f.rejected).sum();
     let accepted_count = rows_read - rejected_count;
@@ -254,16 +279,27 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
         }
     }
 
-    let batch = if accepted_frames.is_empty() {
-        DataFrame::empty()
-    } else {
-        concat_frames(accepted_frames)?
-    };
     let batch = match canonical {
         Some(canonical) => order_columns(batch, canonical)?,
         None => batch,
     };
-    let version = commit_batch(&table, batch, options.mode, key.as_deref(), &batch_id)?;
+    // A batch with no accepted rows changes nothing, unless it overwrites
+    // the table or creates it.
+    let unchanged = batch.height() == 0 && options.mode != IngestMode::Overwrite;
+    let (version, committed) = match (&base, unchanged) {
+        (Some(base), true) => (base.version, false),
+        _ => {
+            let version = commit_batch(
+                &table,
+                base.as_ref(),
+                batch,
+                options.mode,
+                key.as_deref(),
+                &batch_id,
+            )?;
+            (version, true)
+        }
+    };
 
     let rejection_reasons = rejected.top_reasons(5);
     let mut rejected_table = None;
@@ -287,7 +323,7 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
             Err(e) => {
                 // Undo the accepted rows, so that no row of the batch is
                 // visible without its rejected siblings.
-                if let Some(before) = version.checked_sub(1) {
+                if let Some(before) = version.checked_sub(1).filter(|_| committed) {
                     table.restore(before, CommitOptions::new("RESTORE"))?;
                 }
                 return Err(e);
@@ -303,6 +339,7 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
         rejected: rejected_count,
         files,
         version,
+        committed,
         rejected_table,
         rejected_version,
         rejection_reasons,
@@ -327,16 +364,20 @@ impl Rejected {
     }
 
     fn top_reasons(&self, n: usize) -> Vec<(String, u64)> {
-        let mut counts: HashMap<&str, u64> = HashMap::new();
+        let mut counts: HashMap<String, u64> = HashMap::new();
         for reason in &self.reasons {
-            // Group by the reason's kind, before the value it quotes.
-            let kind = reason.split(" `").next().unwrap_or(reason);
+            // Group by the reason's kind: the first quoted value, which is
+            // the row's own, is masked.
+            let kind = match reason.split_once('`') {
+                Some((head, rest)) => match rest.split_once('`') {
+                    Some((_, tail)) => format!("{head}`…`{tail}"),
+                    None => reason.clone(),
+                },
+                None => reason.clone(),
+            };
             *counts.entry(kind).or_default() += 1;
         }
-        let mut sorted: Vec<(String, u64)> = counts
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut sorted: Vec<(String, u64)> = counts.into_iter().collect();
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         sorted.truncate(n);
         sorted
@@ -768,8 +809,20 @@ fn validate_file(
         }
     }
     let good = BooleanChunked::from_iter_values("good".into(), bad.iter().map(|b| !b));
-    let kept = typed.filter(&good)?;
-    let accepted_rows = kept.height() as u64;
+    let mut kept = typed.filter(&good)?;
+    let kept_lines: Vec<i64> = lines
+        .iter()
+        .zip(&bad)
+        .filter(|(_, bad)| !**bad)
+        .map(|(line, _)| *line as i64)
+        .collect();
+    let height = kept.height();
+    kept.with_column(Column::new(
+        FILE_COLUMN.into(),
+        vec![file_index as i64; height],
+    ))?;
+    kept.with_column(Column::new(LINE_COLUMN.into(), kept_lines))?;
+    let accepted_rows = height as u64;
     if accepted_rows > 0 || accepted.is_empty() {
         accepted.push(kept);
     }
@@ -1016,17 +1069,14 @@ fn order_columns(df: DataFrame, canonical: &CanonicalTable) -> Result<DataFrame>
 /// Commits the accepted rows in `mode` and returns the new version.
 fn commit_batch(
     table: &Table,
+    base: Option<&Snapshot>,
     batch: DataFrame,
     mode: IngestMode,
     key: Option<&str>,
     batch_id: &str,
 ) -> Result<u64> {
-    let base = match table.latest_version()? {
-        Some(version) => Some(table.snapshot(Some(version))?),
-        None => None,
-    };
     let rows = batch.height() as u64;
-    let (frame, write_mode, operation, mode_name) = match (mode, &base) {
+    let (frame, write_mode, operation, mode_name) = match (mode, base) {
         (IngestMode::Append, _) => (batch, WriteMode::Append, "WRITE", "Append"),
         (IngestMode::Overwrite, _) => (batch, WriteMode::Overwrite, "WRITE", "Overwrite"),
         (IngestMode::Upsert, None) => (batch, WriteMode::Overwrite, "MERGE", "Upsert"),
@@ -1055,9 +1105,79 @@ fn commit_batch(
         .with_parameter("mode", mode_name)
         .with_parameter("batch_id", batch_id)
         .with_parameter("rows", rows);
-    table
-        .stage(frame, write_mode, base.as_ref())?
-        .commit(options)
+    table.stage(frame, write_mode, base)?.commit(options)
+}
+
+/// Internal columns that carry each accepted row's file index and line
+/// until the batch commits.
+const FILE_COLUMN: &str = "__nightshift_file";
+const LINE_COLUMN: &str = "__nightshift_line";
+
+/// Moves rows whose key is already in the table to the rejected rows, so
+/// that appending the same file twice adds nothing twice.
+fn reject_existing_keys(
+    table: &Table,
+    base: &Snapshot,
+    batch: DataFrame,
+    key: &str,
+    file_names: &[String],
+    files: &mut [FileSummary],
+    rejected: &mut Rejected,
+) -> Result<DataFrame> {
+    if !base.schema.contains(key) {
+        return Ok(batch);
+    }
+    let existing = table
+        .scan(base)?
+        .select([col(key).cast(DataType::String).alias("__nightshift_key")])
+        .unique(None, UniqueKeepStrategy::Any);
+    let keyed = batch
+        .lazy()
+        .with_column(col(key).cast(DataType::String).alias("__nightshift_key"));
+    let join = |how: JoinType| {
+        keyed.clone().join(
+            existing.clone(),
+            [col("__nightshift_key")],
+            [col("__nightshift_key")],
+            JoinArgs::new(how),
+        )
+    };
+    let duplicates = join(JoinType::Semi).collect()?;
+    let without_key = |df: DataFrame| df.drop_many(["__nightshift_key"]);
+    if duplicates.height() == 0 {
+        return Ok(without_key(keyed.collect()?));
+    }
+    let record_columns: Vec<String> = duplicates
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| !c.starts_with("__nightshift_"))
+        .collect();
+    let records = records_as_json(
+        &duplicates.select(record_columns)?,
+        &vec![true; duplicates.height()],
+    )?;
+    let file_index = duplicates.column(FILE_COLUMN)?.i64()?.clone();
+    let lines = duplicates.column(LINE_COLUMN)?.i64()?.clone();
+    let keys = duplicates.column("__nightshift_key")?.str()?.clone();
+    for (row, record) in records.into_iter().enumerate() {
+        let index = file_index.get(row).unwrap_or(0) as usize;
+        let value = keys.get(row).unwrap_or("");
+        rejected.push(
+            &file_names[index],
+            lines.get(row).unwrap_or(0) as u64,
+            format!(
+                "duplicate key `{value}` in column {key}: already in table `{}` (version {}); \
+                 use --mode upsert to replace rows",
+                table.name(),
+                base.version
+            ),
+            record,
+        );
+        files[index].accepted -= 1;
+        files[index].rejected += 1;
+    }
+    Ok(without_key(join(JoinType::Anti).collect()?))
 }
 
 #[cfg(test)]

@@ -241,3 +241,27 @@ fn upsert_and_overwrite_modes() {
     let v: Value = project.json(&["history", "contacts"]);
     assert_eq!(v.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn reingested_file_is_rejected_not_duplicated() {
+    let project = Project::new();
+    let file = project.write("events.csv", &format!("{EVENTS_HEADER}{GOOD}"));
+    let first = project.json(&["ingest", "email_events", &file]);
+    assert_eq!(first["accepted"], 2);
+    let again = project.json(&["ingest", "email_events", &file]);
+    assert_eq!(again["rows_read"], 2);
+    assert_eq!(again["accepted"], 0);
+    assert_eq!(again["rejected"], 2);
+    assert_eq!(again["committed"], false);
+    assert_eq!(again["version"], 0);
+    assert_eq!(project.json(&["path", "email_events"])["rows"], 2);
+    let reasons = again["rejection_reasons"].to_string();
+    assert!(
+        reasons.contains("already in table `email_events`"),
+        "{reasons}"
+    );
+    // Upsert replaces instead.
+    let upsert = project.json(&["ingest", "email_events", &file, "--mode", "upsert"]);
+    assert_eq!(upsert["accepted"], 2);
+    assert_eq!(project.json(&["path", "email_events"])["rows"], 2);
+}

@@ -342,6 +342,12 @@ impl Table {
             cloud_options: self.warehouse.cloud_options(),
             schema: Some(Arc::new(schema.clone())),
             allow_missing_columns: true,
+            // Data files sit directly in the table folder, never in
+            // partition folders.
+            hive_options: HiveOptions {
+                enabled: Some(false),
+                ..Default::default()
+            },
             glob: false,
             cache: false,
             ..Default::default()
