@@ -51,7 +51,7 @@ pub struct GlobalArgs {
     /// Print JSON instead of text for people
     #[arg(long, global = true)]
     pub json: bool,
-    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
+    /// Log more (-v: run starts and ends, -vv: debug, -vvv: trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log errors only

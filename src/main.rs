@@ -13,8 +13,9 @@ fn main() -> ExitCode {
         "error"
     } else {
         match cli.global.verbose {
-            0 => "warn,nightshift=info",
-            1 => "warn,nightshift=debug",
+            0 => "warn",
+            1 => "warn,nightshift=info",
+            2 => "warn,nightshift=debug",
             _ => "trace",
         }
     };
