@@ -136,7 +136,7 @@ pub struct IngestArgs {
     /// Map a source column onto a table column, e.g. --map Email=email (repeatable)
     #[arg(long = "map", value_name = "SOURCE=COLUMN")]
     pub mapping: Vec<String>,
-    /// How the rows change the table
+    /// Write mode: append the rows, overwrite the table, or upsert by key
     #[arg(long, value_enum, default_value_t = IngestMode::Append)]
     pub mode: IngestMode,
     /// Key column for upserts and duplicate checks [default: the table's key]

@@ -2,11 +2,11 @@
 //! streamed to Parquet files chunk by chunk so that memory stays bounded
 //! whatever the number of contacts.
 //!
-//! Rates are set so that the nightly jobs have realistic work: about 2% of
-//! addresses hard-bounce, 0.1% complain, 0.5% unsubscribe, 3% of contacts
-//! are near-duplicates of another (same person, a typo in the name or a
-//! different case in the email), and 20% of contacts buy, a third of those
-//! more than once. Event times fall in the 90 days before the end time,
+//! Rates are set so that the nightly jobs have realistic work. About 2% of
+//! addresses hard-bounce, 0.1% complain and 0.5% unsubscribe. 3% of
+//! contacts are near-duplicates of the contact before them: the same
+//! person with a typo in the first name or another case in the email. 20%
+//! of contacts buy, and about a third of buyers buy more than once. Event times fall in the 90 days before the end time,
 //! which is fixed (not the clock), so the same seed gives the same files.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use crate::schema::utc_timestamp;
 /// Contacts generated per chunk; each chunk becomes one file per table.
 pub const CONTACTS_PER_CHUNK: u64 = 100_000;
 
-/// What to generate.
+/// Sizes, seed and output folder of a generation.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub seed: u64,

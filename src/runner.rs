@@ -106,9 +106,9 @@ fn acquire_lease<'a>(
                 });
             }
             _ => {
-                // NOTE: between reading the expired lease and deleting it,
-                // another run may take it over too; the conditional create
-                // below still lets only one of them through.
+                // NOTE: two runs may both see the expired lease and delete
+                // it. The conditional create that follows still lets only
+                // one of them take the lease.
                 tracing::warn!(pipeline, "taking over an expired lease");
                 warehouse.delete(&path)?;
             }
@@ -206,7 +206,7 @@ fn execute(
 ) -> Result<()> {
     let last_success = manifest::last_success(warehouse, &pipeline.name)?;
 
-    // Pin every input at its latest version: the run sees one snapshot.
+    // Pin every input at its latest version, so the run reads one snapshot.
     let mut inputs = BTreeMap::new();
     for (role, name) in &pipeline.inputs {
         let table = Table::new(warehouse, name)?;

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 /// The default warehouse URL: a folder `warehouse` in the current folder.
 pub const DEFAULT_WAREHOUSE: &str = "file://./warehouse";
 
-/// Where a warehouse keeps its objects.
+/// The storage behind a warehouse.
 #[derive(Debug, Clone)]
 enum Location {
     /// A local folder, by absolute path.

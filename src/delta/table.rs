@@ -30,7 +30,7 @@ use crate::warehouse::{PutOutcome, Warehouse};
 /// The maximum number of rows nightshift writes into one data file.
 pub const MAX_ROWS_PER_FILE: usize = 1_000_000;
 
-/// How a write changes the table.
+/// The change a write makes to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMode {
@@ -91,7 +91,7 @@ pub struct HistoryEntry {
     pub num_rows: Option<u64>,
 }
 
-/// What `vacuum` removed, or would remove with a dry run.
+/// The files `vacuum` removed, or would remove with a dry run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VacuumReport {
     pub table: String,

@@ -1,10 +1,11 @@
 //! Ingest: loads CSV, Parquet and NDJSON files into a table, mapping source
 //! column names onto canonical ones and quarantining bad rows.
 //!
-//! A bad row (an unparseable date or number, a missing required field, a
-//! duplicate key within the batch, a CSV line with the wrong number of
-//! fields, an NDJSON line that is not JSON) goes to `<table>_rejected` with
-//! its reason, file, line and original record. Rows read always equal rows
+//! Bad rows go to `<table>_rejected` with their reason, file, line and
+//! original record. A row is bad when it has an unparseable date or number,
+//! misses a required field, repeats a key of the batch or of the table, or
+//! is a CSV line with the wrong number of fields or an NDJSON line that is
+//! not a JSON object. Rows read always equal rows
 //! accepted plus rows rejected. A file that is empty, truncated or not of
 //! its format fails the whole ingest, and nothing is committed.
 
@@ -57,7 +58,7 @@ impl Format {
     }
 }
 
-/// How a batch changes the table.
+/// The change a batch makes to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IngestMode {
@@ -117,7 +118,7 @@ impl std::str::FromStr for MaxRejected {
     }
 }
 
-/// What to ingest and how.
+/// The files to ingest and the options for reading and committing them.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     pub table: String,

@@ -5,8 +5,8 @@
 //! into `suppression_list`, keyed by the normalized address (trimmed,
 //! lower-cased). The stored address is never rewritten.
 //!
-//! Columns of `suppression_list` (and of `suppression_changes`, which holds
-//! this run's newly added addresses):
+//! Columns of `suppression_list`, and of `suppression_changes`, which
+//! contains the addresses this run added:
 //!
 //! | column              | meaning                                                    |
 //! |---------------------|------------------------------------------------------------|
