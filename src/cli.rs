@@ -218,9 +218,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init(&args, json_output),
         Command::Generate(args) => generate_files(&args, json_output),
-        Command::Ingest(args) => ingest_files(&open()?, args, json_output),
+        Command::Ingest(args) => ingest_files(&open()?, &config, args, json_output),
         Command::Run(args) => run_pipelines(&open()?, &config, &args, json_output),
-        Command::Runs(args) => list_runs(&open()?, &args, json_output),
+        Command::Runs(args) => list_runs(&open()?, &config, &args, json_output),
         Command::Tables => list_tables(&open()?, json_output),
         Command::History(args) => history(&open()?, &args.table, json_output),
         Command::Path(args) => table_path(&open()?, &args, json_output),
@@ -356,7 +356,37 @@ fn single_byte(option: &str, value: &str) -> anyhow::Result<u8> {
     }
 }
 
-fn ingest_files(warehouse: &Warehouse, args: IngestArgs, json_output: bool) -> anyhow::Result<u8> {
+fn ingest_files(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: IngestArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    // Output tables belong to their pipelines: rows ingested into one would
+    // bypass the job's rules and be replaced by its next run.
+    if config.pipelines_dir.is_dir() {
+        for pipeline in pipeline::load_all(&config.pipelines_dir)? {
+            if pipeline.outputs.values().any(|t| t == &args.table) {
+                bail!(Error::Config(format!(
+                    "table `{}` is an output of pipeline `{}` ({}); ingest loads input tables \
+                     only. To undo a run, use `nightshift rollback {} --to VERSION`",
+                    args.table,
+                    pipeline.name,
+                    pipeline.path.display(),
+                    args.table
+                )));
+            }
+        }
+    }
+    if crate::schema::input_table(&args.table).is_none() && !json_output {
+        let canonical: Vec<&str> = crate::schema::INPUT_TABLES.iter().map(|t| t.name).collect();
+        eprintln!(
+            "warning: `{}` is not a canonical table ({}); its columns are stored as they are, \
+             and only --key is checked",
+            args.table,
+            canonical.join(", ")
+        );
+    }
     let mut mapping = BTreeMap::new();
     for entry in &args.mapping {
         let Some((source, target)) = entry.split_once('=') else {
@@ -506,7 +536,12 @@ fn print_run(manifest: &Manifest, dry_run: bool) {
     }
     for input in &manifest.inputs {
         let scope = match input.incremental_from {
-            Some(from) => format!(", read versions {}..={} only", from + 1, input.version),
+            Some(from) if from == input.version => ", nothing new since the last run".to_string(),
+            Some(from) => format!(
+                ", read only what versions {} to {} added",
+                from + 1,
+                input.version
+            ),
             None => String::new(),
         };
         println!(
@@ -519,8 +554,19 @@ fn print_run(manifest: &Manifest, dry_run: bool) {
     for output in &manifest.outputs {
         let version = match (output.version, dry_run) {
             (Some(v), _) => format!("committed version {v}"),
-            (None, true) => "would commit".to_string(),
-            (None, false) => "unchanged".to_string(),
+            (None, true) if output.rows_added.is_some() => "would commit".to_string(),
+            (None, _) => {
+                let at = output
+                    .version_before
+                    .map(|v| format!(" at version {v}"))
+                    .unwrap_or_default();
+                println!(
+                    "  output {:<22} unchanged{at}: {} rows",
+                    output.table,
+                    fmt_opt(output.rows)
+                );
+                continue;
+            }
         };
         println!(
             "  output {:<22} {version}: {} rows (+{} -{} ~{})",
@@ -553,7 +599,12 @@ fn fmt_opt(value: Option<u64>) -> String {
     value.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
 }
 
-fn list_runs(warehouse: &Warehouse, args: &RunsArgs, json_output: bool) -> anyhow::Result<u8> {
+fn list_runs(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &RunsArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
     let names = match &args.pipeline {
         Some(name) => vec![name.clone()],
         None => manifest::pipelines(warehouse)?,
@@ -561,6 +612,15 @@ fn list_runs(warehouse: &Warehouse, args: &RunsArgs, json_output: bool) -> anyho
     let mut all = Vec::new();
     for name in names {
         all.extend(manifest::list(warehouse, &name)?);
+    }
+    if let (Some(name), true) = (&args.pipeline, all.is_empty()) {
+        let file = config.pipelines_dir.join(format!("{name}.toml"));
+        if !file.exists() {
+            bail!(Error::Config(format!(
+                "pipeline `{name}` not found: no runs recorded and no file {}",
+                file.display()
+            )));
+        }
     }
     all.sort_by(|a, b| b.run_id.cmp(&a.run_id));
     all.truncate(args.limit);
@@ -652,7 +712,7 @@ fn history(warehouse: &Warehouse, name: &str, json_output: bool) -> anyhow::Resu
     }
     println!(
         "{:>7}  {:<25}  {:<9}  {:<10}  {:>10}  {:>6}  {:>8}  run id",
-        "version", "committed at", "operation", "mode", "rows", "added", "removed"
+        "version", "committed at", "operation", "mode", "rows", "files+", "files-"
     );
     for e in entries.iter().rev() {
         let mode = e
@@ -683,6 +743,7 @@ fn history(warehouse: &Warehouse, name: &str, json_output: bool) -> anyhow::Resu
 fn table_path(warehouse: &Warehouse, args: &PathArgs, json_output: bool) -> anyhow::Result<u8> {
     let table = existing_table(warehouse, &args.table)?;
     let snapshot = table.snapshot(args.version)?;
+    table.check_readable(&snapshot)?;
     let uri = table.uri();
     let files: Vec<String> = snapshot
         .files
@@ -778,7 +839,15 @@ fn vacuum(warehouse: &Warehouse, args: &VacuumArgs, json_output: bool) -> anyhow
 }
 
 fn validate(warehouse: &Warehouse, config: &Config, json_output: bool) -> anyhow::Result<u8> {
-    let pipelines = pipeline::load_all(&config.pipelines_dir)?;
+    let pipelines = match pipeline::load_all(&config.pipelines_dir) {
+        Ok(pipelines) => pipelines,
+        Err(Error::Config(message)) if json_output => {
+            let problems: Vec<&str> = message.lines().collect();
+            print_json(&json!({ "pipelines": [], "problems": problems }))?;
+            return Ok(EXIT_USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let produced: Vec<&str> = pipelines
         .iter()
         .flat_map(|p| p.outputs.values().map(String::as_str))
@@ -805,7 +874,10 @@ fn validate(warehouse: &Warehouse, config: &Config, json_output: bool) -> anyhow
         )?;
     } else {
         for p in &pipelines {
-            println!("ok  {} ({}) {}", p.name, p.kind.name, p.path.display());
+            let prefix = p.path.display().to_string();
+            if !problems.iter().any(|problem| problem.starts_with(&prefix)) {
+                println!("ok  {} ({}) {}", p.name, p.kind.name, p.path.display());
+            }
         }
         for problem in &problems {
             eprintln!("error: {problem}");

@@ -8,6 +8,7 @@ use nightshift::cli::{self, Cli, EXIT_FAILURE};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let default_level = if cli.global.quiet {
         "error"
@@ -39,3 +40,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Lets a closed output pipe (`nightshift runs --json | head`) end the
+/// process quietly, as it does for other command-line tools, instead of
+/// making every print fail. Rust ignores SIGPIPE by default.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread starts, and
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_default_sigpipe() {}

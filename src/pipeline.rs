@@ -193,7 +193,41 @@ pub fn load_all(dir: &Path) -> Result<Vec<Pipeline>> {
         }
     }
     paths.sort();
-    paths.iter().map(|p| Pipeline::load(p)).collect()
+    let mut pipelines = Vec::new();
+    let mut problems = Vec::new();
+    for path in &paths {
+        match Pipeline::load(path) {
+            Ok(pipeline) => pipelines.push(pipeline),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    problems.extend(shared_outputs(&pipelines));
+    if !problems.is_empty() {
+        return Err(Error::Config(problems.join("\n")));
+    }
+    Ok(pipelines)
+}
+
+/// Lists tables that more than one pipeline writes: each run would replace
+/// the other's rows.
+fn shared_outputs(pipelines: &[Pipeline]) -> Vec<String> {
+    let mut writers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for pipeline in pipelines {
+        for table in pipeline.outputs.values() {
+            writers.entry(table).or_default().push(&pipeline.name);
+        }
+    }
+    writers
+        .into_iter()
+        .filter(|(_, names)| names.len() > 1)
+        .map(|(table, names)| {
+            format!(
+                "table `{table}` is an output of several pipelines ({}); give each pipeline its \
+                 own output tables in [outputs]",
+                names.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// Loads the pipeline `name` from `dir`.

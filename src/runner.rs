@@ -249,7 +249,22 @@ fn execute(
             Some(version) => Some(table.snapshot(Some(version))?),
             None => None,
         };
-        outputs.insert(role.clone(), PinnedOutput { table, snapshot });
+        let last_committed = last_success
+            .as_ref()
+            .and_then(|m| {
+                m.outputs
+                    .iter()
+                    .find(|o| &o.role == role && &o.table == name)
+            })
+            .and_then(|record| record.version.or(record.version_before));
+        outputs.insert(
+            role.clone(),
+            PinnedOutput {
+                table,
+                snapshot,
+                last_committed,
+            },
+        );
     }
 
     if !options.force {
@@ -620,6 +635,7 @@ pub fn write_csv_export(warehouse: &Warehouse, path: &str, mut frame: DataFrame)
     let mut buffer = Vec::new();
     CsvWriter::new(&mut buffer)
         .include_header(true)
+        .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ".into()))
         .finish(&mut frame)?;
     warehouse.put(&warehouse.path(path), Bytes::from(buffer))?;
     tracing::info!(path, rows = frame.height(), "wrote export");

@@ -54,6 +54,9 @@ pub struct Column {
     pub kind: ColumnType,
     /// A row with this column empty is rejected at ingest.
     pub required: bool,
+    /// The allowed values, for columns with a fixed vocabulary. Ingest
+    /// trims and lower-cases them and rejects rows with other values.
+    pub values: Option<&'static [&'static str]>,
 }
 
 const fn col(name: &'static str, kind: ColumnType, required: bool) -> Column {
@@ -61,6 +64,16 @@ const fn col(name: &'static str, kind: ColumnType, required: bool) -> Column {
         name,
         kind,
         required,
+        values: None,
+    }
+}
+
+const fn one_of(name: &'static str, required: bool, values: &'static [&'static str]) -> Column {
+    Column {
+        name,
+        kind: ColumnType::String,
+        required,
+        values: Some(values),
     }
 }
 
@@ -116,8 +129,8 @@ pub const EMAIL_EVENTS: CanonicalTable = CanonicalTable {
         col("event_id", Str, true),
         col("contact_id", Str, false),
         col("email", Str, false),
-        col("event_type", Str, true),
-        col("bounce_type", Str, false),
+        one_of("event_type", true, &EVENT_TYPES),
+        one_of("bounce_type", false, &BOUNCE_TYPES),
         col("reason", Str, false),
         col("campaign_id", Str, false),
         col("occurred_at", Timestamp, true),
@@ -144,7 +157,7 @@ pub const ORDERS: CanonicalTable = CanonicalTable {
         col("ordered_at", Timestamp, true),
         col("amount", Float64, true),
         col("currency", Str, false),
-        col("status", Str, false),
+        one_of("status", false, &ORDER_STATUSES),
     ],
 };
 
@@ -169,3 +182,6 @@ pub const EVENT_TYPES: [&str; 7] = [
 
 /// Values of `email_events.bounce_type`.
 pub const BOUNCE_TYPES: [&str; 3] = ["hard", "soft", "block"];
+
+/// Values of `orders.status`.
+pub const ORDER_STATUSES: [&str; 3] = ["completed", "refunded", "cancelled"];

@@ -194,7 +194,11 @@ fn mapping_delimiter_and_missing_column() {
         ";",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("`Nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not have: Nope."),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -264,4 +268,90 @@ fn reingested_file_is_rejected_not_duplicated() {
     let upsert = project.json(&["ingest", "email_events", &file, "--mode", "upsert"]);
     assert_eq!(upsert["accepted"], 2);
     assert_eq!(project.json(&["path", "email_events"])["rows"], 2);
+}
+
+#[test]
+fn vocabulary_and_bounce_type_checked() {
+    let project = Project::new();
+    let text = format!(
+        "{EVENTS_HEADER}\
+         v1,c1,a@x.com, Bounce ,HARD,550,k1,2026-11-01T10:00:00Z\n\
+         v2,c2,b@x.com,hardbounce,,,k1,2026-11-01T10:00:00Z\n\
+         v3,c3,c@x.com,bounce,,,k1,2026-11-01T10:00:00Z\n"
+    );
+    let file = project.write("events.csv", &text);
+    let summary = project.json(&["ingest", "email_events", &file]);
+    assert_eq!(summary["accepted"], 1);
+    assert_eq!(summary["rejected"], 2);
+    let reasons = summary["rejection_reasons"].to_string();
+    assert!(
+        reasons.contains("invalid event_type `…`; expected one of: sent"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("missing bounce_type for a bounce event"),
+        "{reasons}"
+    );
+    let warehouse =
+        nightshift::warehouse::Warehouse::open(project.warehouse().to_str().unwrap()).unwrap();
+    let events = nightshift::delta::Table::new(&warehouse, "email_events")
+        .unwrap()
+        .read(None)
+        .unwrap();
+    let event_type = events
+        .column("event_type")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .map(str::to_string);
+    assert_eq!(
+        event_type.as_deref(),
+        Some("bounce"),
+        "trimmed and lower-cased"
+    );
+}
+
+#[test]
+fn numeric_timestamp_column_is_an_error() {
+    let project = Project::new();
+    let path = project.path().join("numbers.parquet");
+    let mut df = polars::prelude::df!(
+        "event_id" => ["n1"],
+        "event_type" => ["open"],
+        "occurred_at" => [1_700_000_000i64]
+    )
+    .unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    polars::prelude::ParquetWriter::new(file)
+        .finish(&mut df)
+        .unwrap();
+    let out = project.run(&["ingest", "email_events", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(message.contains("numbers.parquet"), "{message}");
+    assert!(
+        message.contains("`occurred_at` is a timestamp"),
+        "{message}"
+    );
+}
+
+#[test]
+fn folder_and_wrong_delimiter_explained() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path().join("in")).unwrap();
+    let out = project.run(&["ingest", "email_events", "in"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("in is a folder"), "{}", stderr(&out));
+    let file = project.write(
+        "semi.csv",
+        "event_id;event_type;occurred_at\ne1;open;2026-11-01\n",
+    );
+    let out = project.run(&["ingest", "email_events", &file]);
+    let message = stderr(&out);
+    assert!(
+        message.contains("has no column `event_id`, `event_type`, `occurred_at`"),
+        "{message}"
+    );
+    assert!(message.contains("pass --delimiter ';'"), "{message}");
 }

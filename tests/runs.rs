@@ -406,3 +406,85 @@ fn suppression_on_s3() {
         .unwrap();
     assert_eq!(list.height(), 3);
 }
+
+#[test]
+fn rollback_then_run_reapplies_events() {
+    let project = Project::new();
+    ingest_events(&project, "night1.csv", NIGHT_ONE);
+    run_json(&project, &["suppression"]);
+    ingest_events(&project, "night2.csv", NIGHT_TWO);
+    run_json(&project, &["suppression"]);
+    assert_eq!(read(&project, "suppression_list", None).height(), 4);
+
+    let out = project.run(&["rollback", "suppression_list", "--to", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read(&project, "suppression_list", None).height(), 3);
+    // The rolled-back list is no longer what the last run left, so the run
+    // is real and reads every event again.
+    let report = run_json(&project, &["suppression"]);
+    let manifest = &report[0]["manifest"];
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(manifest["metrics"]["read_mode"], "full");
+    assert_eq!(manifest["inputs"][0]["incremental_from"], Value::Null);
+    let list = read(&project, "suppression_list", None);
+    assert_eq!(list.height(), 4, "g@x.com is back");
+    assert_eq!(
+        value(&list, "a@x.com", "event_count"),
+        AnyValue::Int64(3),
+        "recounted, not doubled"
+    );
+    assert_eq!(value(&list, "b@x.com", "event_count"), AnyValue::Int64(2));
+}
+
+#[test]
+fn ingest_into_output_table_rejected() {
+    let project = Project::new();
+    let file = project.write("list.csv", "email_normalized,email\na@x.com,a@x.com\n");
+    let out = project.run(&["ingest", "suppression_list", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = stderr(&out);
+    assert!(
+        message.contains("output of pipeline `suppression`"),
+        "{message}"
+    );
+    assert!(message.contains("rollback"), "{message}");
+}
+
+#[test]
+fn shared_output_tables_fail_validation() {
+    let project = Project::new();
+    project.write("pipelines/copy.toml", "kind = \"suppression\"\n");
+    let out = project.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = stderr(&out);
+    assert!(
+        message.contains(
+            "table `suppression_list` is an output of several pipelines (copy, suppression)"
+        ),
+        "{message}"
+    );
+    let out = project.run(&["run", "--all"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn closed_output_pipe_is_quiet() {
+    let project = Project::new();
+    ingest_events(&project, "night1.csv", NIGHT_ONE);
+    for _ in 0..3 {
+        run_json(&project, &["suppression", "--force"]);
+    }
+    let script = format!(
+        "'{}' runs --json 2>err.txt | head -c 1 >/dev/null; cat err.txt",
+        env!("CARGO_BIN_EXE_nightshift")
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    let message = stdout(&out);
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(!message.contains("Broken pipe"), "{message}");
+}

@@ -174,7 +174,8 @@ fn now_millis() -> i64 {
 }
 
 fn format_millis(millis: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(millis).map(|t| t.to_rfc3339())
+    DateTime::<Utc>::from_timestamp_millis(millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 impl Table {
@@ -562,21 +563,33 @@ impl Table {
         }
     }
 
+    /// Checks that every data file of `snapshot` still exists: `vacuum`
+    /// removes the files of versions older than its retention.
+    pub fn check_readable(&self, snapshot: &Snapshot) -> Result<()> {
+        for add in &snapshot.files {
+            let path = self.file_path(&decode_path(&add.path));
+            if self.warehouse.get_meta(&path)?.is_none() {
+                return Err(Error::Data(format!(
+                    "version {} of table `{}` can no longer be read: its data file {} was \
+                     removed by vacuum",
+                    snapshot.version, self.name, add.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Commits a new version that restores the content of version `to`.
     /// Nothing is deleted: the versions in between stay readable.
     pub fn restore(&self, to: u64, options: CommitOptions) -> Result<u64> {
         let current = self.snapshot(None)?;
         let target = self.snapshot(Some(to))?;
-        for add in &target.files {
-            let path = self.file_path(&decode_path(&add.path));
-            if self.warehouse.get_meta(&path)?.is_none() {
-                return Err(Error::Data(format!(
-                    "cannot restore table `{}` to version {to}: its data file {} was removed by \
-                     vacuum",
-                    self.name, add.path
-                )));
-            }
-        }
+        self.check_readable(&target).map_err(|e| {
+            Error::Data(format!(
+                "cannot restore table `{}` to version {to}: {e}",
+                self.name
+            ))
+        })?;
         let target_paths: HashSet<&str> = target.files.iter().map(|a| a.path.as_str()).collect();
         let current_paths: HashSet<&str> = current.files.iter().map(|a| a.path.as_str()).collect();
         let mut actions = Vec::new();
@@ -667,7 +680,9 @@ impl Table {
         let mut active: HashSet<String> = HashSet::new();
         let mut ever_added: HashSet<String> = HashSet::new();
         let mut keep: HashSet<String> = HashSet::new();
-        let mut keep_from = 0;
+        // The version at which each file was last removed: versions before
+        // it read the file.
+        let mut removed_at: HashMap<String, u64> = HashMap::new();
         for &version in &versions {
             let commit = self.read_commit(version)?;
             let timestamp = commit.info().and_then(|i| i.timestamp).unwrap_or(i64::MAX);
@@ -679,6 +694,7 @@ impl Table {
                     }
                     Action::Remove(remove) => {
                         active.remove(&remove.path);
+                        removed_at.insert(decode_path(&remove.path), version);
                     }
                     _ => {}
                 }
@@ -688,15 +704,14 @@ impl Table {
                 // only the newest such version (and later ones) stay
                 // readable: restart the kept set here.
                 keep = active.clone();
-                keep_from = version;
             } else {
                 keep.extend(active.iter().cloned());
             }
         }
-        report.oldest_readable_version = Some(keep_from);
         let keep: HashSet<String> = keep.iter().map(|p| decode_path(p)).collect();
         let ever_added: HashSet<String> = ever_added.iter().map(|p| decode_path(p)).collect();
 
+        let mut present: HashSet<String> = HashSet::new();
         for meta in self.warehouse.list(&self.root)? {
             let relative = match meta.location.prefix_match(&self.root) {
                 Some(parts) => parts
@@ -709,12 +724,14 @@ impl Table {
                 continue;
             }
             if keep.contains(&relative) {
+                present.insert(relative);
                 continue;
             }
             let is_orphan = !ever_added.contains(&relative);
             if is_orphan && meta.last_modified.timestamp_millis() > cutoff {
                 // Possibly a write in progress: leave it until it is older
                 // than the retention.
+                present.insert(relative);
                 continue;
             }
             report.bytes_deleted += meta.size;
@@ -724,6 +741,18 @@ impl Table {
             }
         }
         report.files_deleted.sort();
+
+        // A version is readable while every file it references exists, so
+        // the oldest readable version follows the last removal of any file
+        // that is gone, whether this vacuum or an earlier one deleted it.
+        let oldest = ever_added
+            .iter()
+            .filter(|path| !present.contains(*path) && !keep.contains(*path))
+            .filter_map(|path| removed_at.get(path))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        report.oldest_readable_version = Some(oldest);
         Ok(report)
     }
 }

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::delta::table::CommitOptions;
 use crate::delta::{Snapshot, Table, WriteMode};
 use crate::error::{Error, Result};
-use crate::schema::{self, CanonicalTable};
+use crate::schema::{self, CanonicalTable, ColumnType};
 use crate::warehouse::Warehouse;
 
 use convert::convert_column;
@@ -192,6 +192,7 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
     let mut files = Vec::new();
     let mut seen_keys: HashMap<String, (usize, u64)> = HashMap::new();
     for (index, file) in options.files.iter().enumerate() {
+        let bytes = read_source(file)?;
         let format = match options.format.or_else(|| Format::from_name(file)) {
             Some(format) => format,
             None => {
@@ -200,7 +201,6 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
                 )));
             }
         };
-        let bytes = read_source(file)?;
         if bytes.is_empty() {
             return Err(Error::Input(format!("file {file} is empty")));
         }
@@ -431,13 +431,18 @@ fn validate_file(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    for source in mapping.keys() {
-        if !source_names.contains(source) {
-            return Err(Error::Config(format!(
-                "--map names column `{source}`, which file {name} does not have; its columns are: {}",
-                source_names.join(", ")
-            )));
-        }
+    let unknown: Vec<&str> = mapping
+        .keys()
+        .filter(|source| !source_names.contains(source))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Config(format!(
+            "--map names columns that file {name} does not have: {}. Its columns are: {}{}",
+            unknown.join(", "),
+            source_names.join(", "),
+            delimiter_hint(&source_names)
+        )));
     }
     let mut renamed: Vec<String> = Vec::with_capacity(source_names.len());
     for source in &source_names {
@@ -452,25 +457,36 @@ fn validate_file(
                 .map(|c| c.name.to_string())
                 .unwrap_or_else(|| source.clone()),
         };
-        if renamed.contains(&target) {
+        if let Some(first) = renamed.iter().position(|r| r == &target) {
             return Err(Error::Config(format!(
-                "file {name}: two columns map onto `{target}`; fix the --map options"
+                "file {name}: columns `{}` and `{source}` both map onto `{target}`; rename one \
+                 with --map, e.g. --map {source}={source}_2",
+                source_names[first]
             )));
         }
         renamed.push(target);
     }
     if let Some(canonical) = canonical {
-        for column in canonical.columns.iter().filter(|c| c.required) {
-            if !renamed.iter().any(|r| r == column.name) {
-                return Err(Error::Input(format!(
-                    "file {name} has no column `{}`, which table `{}` requires; map a source \
-                     column onto it with --map SOURCE={}. The file's columns are: {}",
-                    column.name,
-                    canonical.name,
-                    column.name,
-                    source_names.join(", ")
-                )));
-            }
+        let missing: Vec<&str> = canonical
+            .columns
+            .iter()
+            .filter(|c| c.required && !renamed.iter().any(|r| r == c.name))
+            .map(|c| c.name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Input(format!(
+                "file {name} has no column {}, which table `{}` requires; map source columns \
+                 onto them with --map SOURCE={}. The file's columns are: {}{}",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                canonical.name,
+                missing[0],
+                source_names.join(", "),
+                delimiter_hint(&source_names)
+            )));
         }
     }
     if let Some(key) = key {
@@ -490,13 +506,34 @@ fn validate_file(
     for (source, target) in source_names.iter().zip(&renamed) {
         let column = frame.column(source)?.as_materialized_series().clone();
         let spec = canonical.and_then(|t| t.column(target));
+        if let Some(spec) = spec {
+            let numeric = column.dtype().is_primitive_numeric();
+            if spec.kind == ColumnType::Timestamp && numeric {
+                return Err(Error::Input(format!(
+                    "file {name}: column `{source}` holds numbers of type {}, but `{target}` is a \
+                     timestamp; store it as a Parquet timestamp or as text like \
+                     2024-03-05T10:22:31Z",
+                    column.dtype()
+                )));
+            }
+        }
         let series = match spec {
-            Some(spec) => convert_column(&column, target, spec.kind, spec.required, &mut problems)?,
+            Some(spec) => {
+                let series =
+                    convert_column(&column, target, spec.kind, spec.required, &mut problems)?;
+                match spec.values {
+                    Some(values) => check_vocabulary(&series, target, values, &mut problems)?,
+                    None => series,
+                }
+            }
             None => column.clone(),
         };
         converted.push(series.with_name(target.as_str().into()).into_column());
     }
     let typed = DataFrame::new(height, converted)?;
+    if canonical.is_some_and(|t| t.name == schema::EMAIL_EVENTS.name) {
+        check_bounce_types(&typed, &mut problems)?;
+    }
 
     // Duplicate keys within the batch: the first occurrence wins.
     if let Some(key) = key {
@@ -554,6 +591,78 @@ fn validate_file(
         accepted: accepted_rows,
         rejected: rejected_rows,
     })
+}
+
+/// Trims and lower-cases the values of a column with a fixed vocabulary,
+/// noting a problem for each row whose value is not in it.
+fn check_vocabulary(
+    series: &Series,
+    name: &str,
+    values: &[&str],
+    problems: &mut [Option<String>],
+) -> Result<Series> {
+    let text = series.str()?;
+    let canonical: Vec<Option<String>> = text
+        .iter()
+        .enumerate()
+        .map(|(row, value)| {
+            let value = value?;
+            let normalized = value.trim().to_lowercase();
+            if !values.contains(&normalized.as_str()) && problems[row].is_none() {
+                problems[row] = Some(format!(
+                    "invalid {name} `{value}`; expected one of: {}",
+                    values.join(", ")
+                ));
+            }
+            Some(normalized)
+        })
+        .collect();
+    Ok(Series::new(name.into(), canonical))
+}
+
+/// Notes a problem for each bounce event without a bounce type, which the
+/// suppression job could not classify.
+fn check_bounce_types(events: &DataFrame, problems: &mut [Option<String>]) -> Result<()> {
+    let Ok(bounce_types) = events.column("bounce_type") else {
+        // Without the column no bounce can be classified: every bounce row
+        // is flagged below through a missing value.
+        let event_types = events.column("event_type")?.str()?.clone();
+        for (row, event_type) in event_types.iter().enumerate() {
+            if event_type == Some("bounce") && problems[row].is_none() {
+                problems[row] = Some(bounce_without_type());
+            }
+        }
+        return Ok(());
+    };
+    let bounce_types = bounce_types.str()?.clone();
+    let event_types = events.column("event_type")?.str()?.clone();
+    for (row, (event_type, bounce_type)) in event_types.iter().zip(bounce_types.iter()).enumerate()
+    {
+        if event_type == Some("bounce") && bounce_type.is_none() && problems[row].is_none() {
+            problems[row] = Some(bounce_without_type());
+        }
+    }
+    Ok(())
+}
+
+fn bounce_without_type() -> String {
+    "missing bounce_type for a bounce event; expected one of: hard, soft, block".to_string()
+}
+
+/// Returns a hint to pass `--delimiter` when a file read as one column
+/// looks delimited by another character.
+fn delimiter_hint(columns: &[String]) -> String {
+    let [only] = columns else {
+        return String::new();
+    };
+    for (delimiter, shown) in [(';', ";"), ('\t', "\\t"), ('|', "|")] {
+        if only.contains(delimiter) {
+            return format!(
+                ". The header looks delimited by `{shown}`: pass --delimiter '{shown}'"
+            );
+        }
+    }
+    String::new()
 }
 
 /// Renders the rows of `frame` marked in `rows` as JSON objects of their

@@ -55,6 +55,12 @@ pub(super) fn read_source(file: &str) -> Result<bytes::Bytes> {
         }
     }
     let path = file.strip_prefix("file://").unwrap_or(file);
+    if FsPath::new(path).is_dir() {
+        return Err(Error::Input(format!(
+            "{file} is a folder; name the files in it, e.g. {}/*.parquet",
+            file.trim_end_matches('/')
+        )));
+    }
     std::fs::read(FsPath::new(path))
         .map(bytes::Bytes::from)
         .map_err(|e| Error::Input(format!("cannot read {file}: {e}")))
@@ -249,9 +255,13 @@ pub(super) fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawFile> {
                         "file {name} looks truncated: its last line {line} ends inside a JSON value"
                     )));
                 }
+                // serde_json's message ends with the position inside the
+                // text it parsed, which is this one line.
+                let message = e.to_string();
+                let message = message.split(" at line ").next().unwrap_or(&message);
                 broken.push((
                     line,
-                    format!("line is not valid JSON: {e}"),
+                    format!("line is not valid JSON at column {}: {message}", e.column()),
                     line_text.to_string(),
                 ));
                 continue;
@@ -279,8 +289,14 @@ pub(super) fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawFile> {
             }
         }
     }
-    if lines.is_empty() && broken.is_empty() {
-        return Err(Error::Input(format!("file {name} has no JSON records")));
+    if lines.is_empty() {
+        return Err(match broken.first() {
+            Some((line, reason, _)) => Error::Input(format!(
+                "file {name} has no JSON object on any line; line {line}: {reason}. Is it really \
+                 NDJSON?"
+            )),
+            None => Error::Input(format!("file {name} has no JSON records")),
+        });
     }
     let height = lines.len();
     let series: Vec<Column> = names

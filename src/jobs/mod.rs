@@ -66,6 +66,17 @@ pub struct PinnedInput {
 pub struct PinnedOutput {
     pub table: Table,
     pub snapshot: Option<Snapshot>,
+    /// The version the last successful run left this table at.
+    pub last_committed: Option<u64>,
+}
+
+impl PinnedOutput {
+    /// Returns true when the table is still at the version the last
+    /// successful run left it at: not rolled back, not rewritten by hand.
+    pub fn is_as_last_committed(&self) -> bool {
+        let current = self.snapshot.as_ref().map(|s| s.version);
+        current.is_some() && current == self.last_committed
+    }
 }
 
 impl PinnedOutput {

@@ -148,11 +148,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut result = JobResult::default();
 
     // Read only the files appended since the last consumed version, when
-    // the list exists and the events table was only appended to since then.
+    // the list is as the last successful run left it and the events table
+    // was only appended to since then. A list that was rolled back or
+    // rewritten gets every event again, so nothing it lost stays lost.
     let pinned = input.snapshot.version;
     let mut incremental_from = None;
     let mut files = input.snapshot.files.clone();
-    if let (Some(_), Some(last)) = (&existing, input.last_consumed) {
+    let list_intact = list_output.is_as_last_committed();
+    if let (true, Some(last)) = (list_intact, input.last_consumed) {
         if last <= pinned {
             if let Some(added) = input.table.added_between(last, pinned)? {
                 files = added;
@@ -245,9 +248,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         .clone()
         .lazy()
         .filter(
-            col("_existing")
-                .is_not_null()
-                .and(col("new_count").is_not_null()),
+            col("_existing").is_not_null().and(
+                col("event_count")
+                    .neq(col("_old_count"))
+                    .or(col("last_event_at").neq(col("_old_last"))),
+            ),
         )
         .collect()?
         .height();
@@ -379,5 +384,8 @@ fn merge(
             .alias("run_id"),
         last_event_at,
         event_count,
+        // The values before the merge, to count the rows it changed.
+        col("event_count").alias("_old_count"),
+        col("last_event_at").alias("_old_last"),
     ])
 }
