@@ -295,6 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn export_path_outside_warehouse_rejected() {
+        for path in [
+            "../outside.csv",
+            "/tmp/x.csv",
+            "s3://other/x.csv",
+            "a/../../b.csv",
+        ] {
+            let text = format!("kind = \"suppression\"\n[params]\nexport_csv = \"{path}\"");
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains("invalid export_csv"), "{path}: {message}");
+        }
+        assert!(parse("kind = \"suppression\"\n[params]\nexport_csv = \"exports/a.csv\"").is_ok());
+    }
+
+    #[test]
     fn invalid_table_name_rejected() {
         let message = parse("kind = \"suppression\"\n[outputs]\nlist = \"Bad-Name\"")
             .unwrap_err()

@@ -826,6 +826,8 @@ fn reject_existing_keys(
         .map(|c| c.to_string())
         .filter(|c| !c.starts_with("__nightshift_"))
         .collect();
+    // NOTE: the raw text of these rows is gone by now, so their record is
+    // the row after mapping and parsing, not the source line.
     let records = records_as_json(
         &duplicates.select(record_columns)?,
         &vec![true; duplicates.height()],

@@ -144,6 +144,21 @@ pub struct JobResult {
     pub incremental_from: BTreeMap<String, u64>,
 }
 
+/// Checks that a parameter names a relative path inside the warehouse,
+/// without `..`, a leading `/` or a URL scheme.
+pub fn check_relative_path(name: &str, path: &str) -> std::result::Result<(), String> {
+    let escapes = path.starts_with('/')
+        || path.contains("://")
+        || path.split(['/', '\\']).any(|part| part == "..");
+    if path.trim().is_empty() || escapes {
+        return Err(format!(
+            "invalid {name} `{path}`: expected a relative path under the warehouse, like \
+             exports/list.csv"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses `params` into `T`, rejecting unknown keys when `T` does.
 pub fn parse_params<T: serde::de::DeserializeOwned + serde::Serialize>(
     params: &toml::Table,

@@ -57,7 +57,7 @@ pub const SPEC: KindSpec = KindSpec {
             description: "the addresses this run added",
         },
     ],
-    validate_params: super::parse_params::<Params>,
+    validate_params,
     run,
 };
 
@@ -68,6 +68,16 @@ pub struct Params {
     /// Writes the whole list as CSV to this path under the warehouse root
     /// after each run that changes it, for upload to an email service.
     pub export_csv: Option<String>,
+}
+
+/// Checks the parameters: known keys only, and an export path inside the
+/// warehouse.
+fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
+    let value = super::parse_params::<Params>(params)?;
+    if let Some(path) = params.get("export_csv").and_then(|v| v.as_str()) {
+        super::check_relative_path("export_csv", path)?;
+    }
+    Ok(value)
 }
 
 /// The columns of `suppression_list`, in order.
