@@ -202,6 +202,10 @@ pub struct VacuumArgs {
     /// List the files that would be deleted, delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Allow a retention under 1 hour, which deletes the files of writes
+    /// still in progress: use it only when no ingest or run is active
+    #[arg(long)]
+    pub allow_short_retention: bool,
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -800,6 +804,14 @@ fn vacuum(warehouse: &Warehouse, args: &VacuumArgs, json_output: bool) -> anyhow
     if args.retention_hours.is_nan() || args.retention_hours < 0.0 {
         bail!(Error::Config(format!(
             "invalid --retention-hours {}: expected 0 or more",
+            args.retention_hours
+        )));
+    }
+    if args.retention_hours < 1.0 && !args.allow_short_retention {
+        bail!(Error::Config(format!(
+            "--retention-hours {} is under 1 hour: vacuum would delete the data files of any \
+             ingest or run still writing, and of versions a running job reads. Pass \
+             --allow-short-retention if nothing else uses the warehouse now",
             args.retention_hours
         )));
     }

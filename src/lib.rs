@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod ingest;
 pub mod jobs;
+pub mod lease;
 pub mod manifest;
 pub mod pipeline;
 pub mod runner;

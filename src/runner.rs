@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -15,9 +15,10 @@ use crate::delta::table::{CommitOptions, Staged};
 use crate::delta::{Table, WriteMode};
 use crate::error::{Error, Result};
 use crate::jobs::{JobContext, JobResult, OutputFrame, PinnedInput, PinnedOutput};
+use crate::lease;
 use crate::manifest::{self, InputRecord, Manifest, OutputRecord, Status, Trigger};
 use crate::pipeline::{Gate, Pipeline};
-use crate::warehouse::{PutOutcome, Warehouse};
+use crate::warehouse::Warehouse;
 
 /// How to run a pipeline.
 #[derive(Debug, Clone)]
@@ -51,74 +52,6 @@ pub struct RunReport {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Lease {
-    pipeline: String,
-    run_id: String,
-    acquired_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-}
-
-/// A held lease; [`LeaseGuard::release`] deletes it.
-struct LeaseGuard<'a> {
-    warehouse: &'a Warehouse,
-    path: object_store::path::Path,
-}
-
-impl LeaseGuard<'_> {
-    fn release(self) {
-        if let Err(e) = self.warehouse.delete(&self.path) {
-            tracing::warn!(error = %e, "failed to release the lease; it expires by itself");
-        }
-    }
-}
-
-/// Takes the lease of `pipeline`, so that two runs of it never overlap. A
-/// lease older than its timeout belongs to a crashed run and is taken over.
-fn acquire_lease<'a>(
-    warehouse: &'a Warehouse,
-    pipeline: &str,
-    run_id: &str,
-    timeout: Duration,
-) -> Result<LeaseGuard<'a>> {
-    let path = warehouse.path(&format!("leases/{pipeline}.json"));
-    for _ in 0..2 {
-        let now = Utc::now();
-        let lease = Lease {
-            pipeline: pipeline.to_string(),
-            run_id: run_id.to_string(),
-            acquired_at: now,
-            expires_at: now + timeout,
-        };
-        let body = Bytes::from(serde_json::to_vec(&lease)?);
-        if warehouse.put_if_absent(&path, body)? == PutOutcome::Created {
-            return Ok(LeaseGuard { warehouse, path });
-        }
-        let held: Option<Lease> = warehouse
-            .get(&path)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        match held {
-            Some(held) if held.expires_at > now => {
-                return Err(Error::LeaseHeld {
-                    pipeline: pipeline.to_string(),
-                    run_id: held.run_id,
-                    expires_at: held.expires_at.to_rfc3339(),
-                });
-            }
-            _ => {
-                // NOTE: two runs may both see the expired lease and delete
-                // it. The conditional create that follows still lets only
-                // one of them take the lease.
-                tracing::warn!(pipeline, "taking over an expired lease");
-                warehouse.delete(&path)?;
-            }
-        }
-    }
-    Err(Error::Data(format!(
-        "could not take the lease of pipeline `{pipeline}`: another run took it first"
-    )))
-}
-
 /// Hashes the job kind, its parameters and table names, so that a change to
 /// any of them makes the next run a real one.
 fn params_hash(pipeline: &Pipeline) -> String {
@@ -144,7 +77,7 @@ pub fn run_pipeline(
     let lease = if options.dry_run {
         None
     } else {
-        Some(acquire_lease(
+        Some(lease::acquire(
             warehouse,
             &pipeline.name,
             &run_id,
@@ -597,26 +530,15 @@ fn compensate(
     committed: &[(String, u64)],
     manifest: &mut Manifest,
 ) {
-    for (role, _) in committed {
+    for (role, committed_version) in committed {
         let output = &outputs[role];
         let options = CommitOptions::new("RESTORE")
             .with_parameter("pipeline", pipeline.name.clone())
             .with_parameter("reason", "another output of the run failed to commit")
             .with_run_id(Some(manifest.run_id.clone()));
-        let restored = match &output.snapshot {
-            Some(before) => output.table.restore(before.version, options),
-            None => {
-                // The table did not exist before the run: empty it.
-                output
-                    .table
-                    .snapshot(None)
-                    .and_then(|s| {
-                        let empty = DataFrame::empty_with_schema(&s.schema);
-                        output.table.stage(empty, WriteMode::Overwrite, Some(&s))
-                    })
-                    .and_then(|stage| stage.commit(options))
-            }
-        };
+        // Undo only this run's commit: a version another writer committed
+        // since is never rolled back with it.
+        let restored = output.table.revert(*committed_version, options);
         match restored {
             Ok(version) => {
                 if let Some(record) = manifest.outputs.iter_mut().find(|o| &o.role == role) {

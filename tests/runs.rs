@@ -257,11 +257,13 @@ fn failed_gate_commits_nothing() {
 fn held_lease_blocks_second_run() {
     let project = Project::new();
     ingest_events(&project, "night1.csv", NIGHT_ONE);
-    let lease = project.warehouse().join("leases/suppression.json");
+    let lease = project
+        .warehouse()
+        .join("leases/suppression/00000000000000000000.json");
     std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
     std::fs::write(
         &lease,
-        r#"{"pipeline":"suppression","run_id":"other","acquired_at":"2026-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00Z"}"#,
+        r#"{"pipeline":"suppression","run_id":"other","epoch":0,"acquired_at":"2026-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00Z"}"#,
     )
     .unwrap();
     let out = project.run(&["run", "suppression"]);
@@ -274,12 +276,17 @@ fn held_lease_blocks_second_run() {
     // An expired lease belongs to a crashed run and is taken over.
     std::fs::write(
         &lease,
-        r#"{"pipeline":"suppression","run_id":"other","acquired_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#,
+        r#"{"pipeline":"suppression","run_id":"other","epoch":0,"acquired_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T01:00:00Z"}"#,
     )
     .unwrap();
     let out = project.run(&["run", "suppression"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!lease.exists(), "the lease is released");
+    let next = project
+        .warehouse()
+        .join("leases/suppression/00000000000000000001.json");
+    let record: Value = serde_json::from_slice(&std::fs::read(next).unwrap()).unwrap();
+    assert_eq!(record["released"], true, "the lease is released: {record}");
+    assert!(!lease.exists(), "the expired epoch is cleaned up");
 }
 
 #[test]
@@ -303,7 +310,19 @@ fn crash_before_commit_leaves_tables_and_vacuum_cleans() {
     );
     assert_eq!(read(&project, "suppression_list", None).height(), 3);
 
-    let report = project.json(&["vacuum", "--retention-hours", "0"]);
+    let out = project.run(&["vacuum", "--retention-hours", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--allow-short-retention"),
+        "{}",
+        stderr(&out)
+    );
+    let report = project.json(&[
+        "vacuum",
+        "--retention-hours",
+        "0",
+        "--allow-short-retention",
+    ]);
     let deleted: usize = report
         .as_array()
         .unwrap()
@@ -312,8 +331,10 @@ fn crash_before_commit_leaves_tables_and_vacuum_cleans() {
         .sum();
     assert_eq!(deleted, 2, "the orphans of both outputs: {report}");
     assert_eq!(read(&project, "suppression_list", None).height(), 3);
-    // A stale lease of the crashed run stays until it expires.
-    std::fs::remove_file(project.warehouse().join("leases/suppression.json")).unwrap();
+    // The crashed run's lease stays until it expires.
+    let out = project.run(&["run", "suppression"]);
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    std::fs::remove_dir_all(project.warehouse().join("leases/suppression")).unwrap();
     let report = run_json(&project, &["suppression"]);
     assert_eq!(report[0]["manifest"]["status"], "succeeded");
     assert_eq!(read(&project, "suppression_list", None).height(), 4);
@@ -487,4 +508,23 @@ fn closed_output_pipe_is_quiet() {
     let message = stdout(&out);
     assert!(!message.contains("panicked"), "{message}");
     assert!(!message.contains("Broken pipe"), "{message}");
+}
+
+#[test]
+fn changed_export_path_is_written() {
+    let project = Project::new();
+    ingest_events(&project, "night1.csv", NIGHT_ONE);
+    run_json(&project, &["suppression"]);
+    let pipeline = project.path().join("pipelines/suppression.toml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(
+        &pipeline,
+        text.replace("exports/suppression_list.csv", "exports/new.csv"),
+    )
+    .unwrap();
+    let report = run_json(&project, &["suppression"]);
+    assert_eq!(report[0]["manifest"]["status"], "succeeded");
+    let csv = std::fs::read_to_string(project.warehouse().join("exports/new.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.contains("2026-11-01T10:00:00.000000Z"), "{csv}");
 }

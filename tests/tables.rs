@@ -245,3 +245,29 @@ fn invalid_table_name_rejected() {
     let err = Table::new(&warehouse, "../escape").unwrap_err();
     assert!(err.to_string().contains("invalid table name"), "{err}");
 }
+
+#[test]
+fn revert_keeps_later_appends() {
+    let warehouse = Warehouse::open("memory://").unwrap();
+    let table = Table::new(&warehouse, "undo").unwrap();
+    write(&table, &[1], WriteMode::Overwrite);
+    let ours = write(&table, &[2], WriteMode::Append);
+    write(&table, &[3], WriteMode::Append);
+    let version = table.revert(ours, CommitOptions::new("RESTORE")).unwrap();
+    assert_eq!(version, 3);
+    let mut rows = ids(&table.read(None).unwrap());
+    rows.sort();
+    assert_eq!(rows, vec![1, 3], "only the reverted append is gone");
+
+    // An overwrite with later versions on top cannot be undone safely.
+    let overwrite = write(&table, &[9], WriteMode::Overwrite);
+    write(&table, &[10], WriteMode::Append);
+    let err = table
+        .revert(overwrite, CommitOptions::new("RESTORE"))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot undo version 4"), "{err}");
+    // The latest version reverts to the one before it.
+    let latest = table.latest_version().unwrap().unwrap();
+    table.revert(latest, CommitOptions::new("RESTORE")).unwrap();
+    assert_eq!(ids(&table.read(None).unwrap()), vec![9]);
+}

@@ -563,6 +563,80 @@ impl Table {
         }
     }
 
+    /// Appends `df`, staging it again on the newer version when another
+    /// writer commits first. Only for tables that nothing reads back before
+    /// appending, such as rejected rows, because the rows are not checked
+    /// against what the other writer added. Each retry leaves the previous
+    /// attempt's files as orphans for `vacuum`.
+    pub fn append_retrying(&self, df: DataFrame, options: CommitOptions) -> Result<u64> {
+        const ATTEMPTS: usize = 10;
+        let mut attempt = 1;
+        loop {
+            let base = match self.latest_version()? {
+                Some(version) => Some(self.snapshot(Some(version))?),
+                None => None,
+            };
+            let staged = self.stage(df.clone(), WriteMode::Append, base.as_ref())?;
+            match staged.commit(options.clone()) {
+                Err(Error::CommitConflict { version, .. }) if attempt < ATTEMPTS => {
+                    tracing::debug!(table = %self.name, version, attempt, "append conflicted; retrying");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Undoes the commit of `version` with a new version. While `version` is
+    /// the latest, the table returns to version `version - 1` (or to no rows,
+    /// for version 0). When later versions exist, only a commit that just
+    /// added files can be undone, by removing those files; anything else is
+    /// an error, so that no other writer's rows are lost.
+    pub fn revert(&self, version: u64, options: CommitOptions) -> Result<u64> {
+        let current = self.snapshot(None)?;
+        if current.version == version {
+            if let Some(previous) = version.checked_sub(1) {
+                return self.restore(previous, options);
+            }
+            let empty = DataFrame::empty_with_schema(&current.schema);
+            return self
+                .stage(empty, WriteMode::Overwrite, Some(&current))?
+                .commit(options);
+        }
+        let commit = self.read_commit(version)?;
+        let only_added = commit
+            .actions
+            .iter()
+            .all(|a| matches!(a, Action::Add(_) | Action::CommitInfo(_)));
+        if !only_added {
+            return Err(Error::Data(format!(
+                "cannot undo version {version} of table `{}`: versions up to {} were committed on \
+                 top of it; check `nightshift history {}` and roll back by hand",
+                self.name, current.version, self.name
+            )));
+        }
+        let now = now_millis();
+        let active: HashSet<&str> = current.files.iter().map(|a| a.path.as_str()).collect();
+        let removes: Vec<Action> = commit
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Add(add) if active.contains(add.path.as_str()) => {
+                    Some(Action::Remove(Remove {
+                        path: add.path.clone(),
+                        deletion_timestamp: Some(now),
+                        data_change: true,
+                        extended_file_metadata: Some(false),
+                        size: Some(add.size),
+                    }))
+                }
+                _ => None,
+            })
+            .collect();
+        let options = options.with_parameter("reverted_version", version);
+        self.commit_actions(current.version + 1, removes, options)
+    }
+
     /// Checks that every data file of `snapshot` still exists: `vacuum`
     /// removes the files of versions older than its retention.
     pub fn check_readable(&self, snapshot: &Snapshot) -> Result<()> {

@@ -133,7 +133,8 @@ pub(super) fn convert_column(
 }
 
 /// Parses a timestamp into microseconds since the Unix epoch, in UTC. Takes
-/// RFC 3339 (with an offset), `YYYY-MM-DD HH:MM:SS[.fff]` and
+/// RFC 3339, offsets written `+0000` as Polars and pandas write them,
+/// `YYYY-MM-DD HH:MM:SS[.fff]` and
 /// `YYYY-MM-DDTHH:MM:SS[.fff]` (read as UTC), `YYYY-MM-DD` and `YYYYMMDD`
 /// (midnight UTC).
 pub fn parse_timestamp(value: &str) -> Option<i64> {
@@ -150,8 +151,10 @@ pub fn parse_timestamp(value: &str) -> Option<i64> {
             return Some(t.and_utc().timestamp_micros());
         }
     }
-    if let Ok(t) = DateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f%#z") {
-        return Some(t.with_timezone(&Utc).timestamp_micros());
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(value, format) {
+            return Some(t.with_timezone(&Utc).timestamp_micros());
+        }
     }
     for format in ["%Y-%m-%d", "%Y%m%d"] {
         if let Ok(d) = NaiveDate::parse_from_str(value, format) {

@@ -303,9 +303,8 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
         let name = format!("{}_rejected", options.table);
         let frame = rejected.into_frame(&batch_id, ingested_at)?;
         let reasons_table = Table::new(warehouse, &name)?;
-        let commit = reasons_table.write(
+        let commit = reasons_table.append_retrying(
             frame,
-            WriteMode::Append,
             CommitOptions::new("WRITE")
                 .with_parameter("mode", "Append")
                 .with_parameter("batch_id", batch_id.clone()),
@@ -318,8 +317,17 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
             Err(e) => {
                 // Undo the accepted rows, so that no row of the batch is
                 // visible without its rejected siblings.
-                if let Some(before) = version.checked_sub(1).filter(|_| committed) {
-                    table.restore(before, CommitOptions::new("RESTORE"))?;
+                if committed {
+                    let undo = CommitOptions::new("RESTORE")
+                        .with_parameter("batch_id", batch_id.clone())
+                        .with_parameter("reason", "the rejected rows failed to commit");
+                    if let Err(undo_error) = table.revert(version, undo) {
+                        return Err(Error::Data(format!(
+                            "{e}; the accepted rows stay in `{}` version {version} because undoing \
+                             them failed too: {undo_error}",
+                            options.table
+                        )));
+                    }
                 }
                 return Err(e);
             }
@@ -865,6 +873,10 @@ mod tests {
         assert_eq!(parse_timestamp("2024-03-05T10:22:31Z"), Some(expected));
         assert_eq!(parse_timestamp("2024-03-05 10:22:31"), Some(expected));
         assert_eq!(parse_timestamp("2024-03-05T12:22:31+02:00"), Some(expected));
+        assert_eq!(
+            parse_timestamp("2024-03-05T10:22:31.000000+0000"),
+            Some(expected)
+        );
         assert_eq!(parse_timestamp("2024-03-05"), Some(1_709_596_800_000_000));
         assert_eq!(parse_timestamp("20240305"), Some(1_709_596_800_000_000));
         assert_eq!(parse_timestamp("yesterday"), None);

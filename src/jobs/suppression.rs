@@ -231,14 +231,24 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .and(col("email_normalized").is_not_null()),
     );
     let new_rows = aggregate_events(triggering).collect()?;
-    if new_rows.height() == 0 && existing.is_some() {
-        // Nothing new: the list and the changes keep their versions.
+    if let (0, Some(existing)) = (new_rows.height(), &existing) {
+        // Nothing new: the list and the changes keep their versions. The
+        // export is still written, in case its path or the file changed.
         result
             .metrics
             .insert("addresses_added".into(), Value::from(0));
         result
             .metrics
             .insert("addresses_updated".into(), Value::from(0));
+        if let Some(path) = params.export_csv {
+            let frame = existing
+                .clone()
+                .lazy()
+                .select(list_columns())
+                .sort(["email_normalized"], SortMultipleOptions::default())
+                .collect()?;
+            result.exports.push(Export { path, frame });
+        }
         return Ok(result);
     }
 
