@@ -159,6 +159,13 @@ pub fn check_relative_path(name: &str, path: &str) -> std::result::Result<(), St
     Ok(())
 }
 
+/// Executes `plan` with Polars' streaming engine, so that memory stays
+/// bounded by the result rather than the input.
+pub fn collect_streaming(plan: LazyFrame) -> Result<DataFrame> {
+    // A plan without multiple sinks always yields a single frame.
+    Ok(plan.collect_with_engine(Engine::Streaming)?.unwrap_single())
+}
+
 /// Parses `params` into `T`, rejecting unknown keys when `T` does.
 pub fn parse_params<T: serde::de::DeserializeOwned + serde::Serialize>(
     params: &toml::Table,

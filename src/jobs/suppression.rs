@@ -105,24 +105,27 @@ pub fn normalize_email(expr: Expr) -> Expr {
         .otherwise(normalized)
 }
 
+/// Returns true for the events that suppress: hard bounces, complaints and
+/// unsubscribes. Soft bounces and blocks do not.
+fn is_triggering() -> Expr {
+    let event_type = col("event_type");
+    event_type
+        .clone()
+        .eq(lit("bounce"))
+        .and(col("bounce_type").eq(lit("hard")))
+        .or(event_type.clone().eq(lit("complaint")))
+        .or(event_type.eq(lit("unsubscribe")))
+}
+
 /// Returns the suppression reason of each event, or null for events that do
 /// not suppress.
 fn reason() -> Expr {
-    let event_type = col("event_type")
-        .str()
-        .strip_chars(lit(NULL))
-        .str()
-        .to_lowercase();
-    let bounce_type = col("bounce_type")
-        .str()
-        .strip_chars(lit(NULL))
-        .str()
-        .to_lowercase();
+    let event_type = col("event_type");
     when(
         event_type
             .clone()
             .eq(lit("bounce"))
-            .and(bounce_type.eq(lit("hard"))),
+            .and(col("bounce_type").eq(lit("hard"))),
     )
     .then(lit("hard_bounce"))
     .when(event_type.clone().eq(lit("complaint")))
@@ -188,7 +191,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         .metrics
         .insert("files_read".into(), Value::from(files.len()));
 
-    let events = input
+    // Ingest stores event_type and bounce_type trimmed and lower-cased, so
+    // a plain comparison on the raw columns keeps the rare triggering events
+    // before any string work is done on the millions of others.
+    let events_read: u64 = files.iter().filter_map(|f| f.num_records()).sum();
+    let triggering = input
         .table
         .scan_files(&input.snapshot.schema, &files)?
         .select([
@@ -198,38 +205,26 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             col("bounce_type"),
             col("occurred_at"),
         ])
+        .filter(is_triggering())
         .with_columns([
             normalize_email(col("email")).alias("email_normalized"),
             reason().alias("reason"),
         ]);
+    let triggering = super::collect_streaming(triggering)?;
+    let without_email = triggering.column("email_normalized")?.null_count();
+    result
+        .metrics
+        .insert("events_read".into(), Value::from(events_read));
+    result
+        .metrics
+        .insert("triggering_events".into(), Value::from(triggering.height()));
+    result
+        .metrics
+        .insert("events_without_email".into(), Value::from(without_email));
 
-    let counts = events
-        .clone()
-        .select([
-            len().cast(DataType::Int64).alias("events_read"),
-            col("reason")
-                .is_not_null()
-                .sum()
-                .cast(DataType::Int64)
-                .alias("triggering_events"),
-            col("reason")
-                .is_not_null()
-                .and(col("email_normalized").is_null())
-                .sum()
-                .cast(DataType::Int64)
-                .alias("events_without_email"),
-        ])
-        .collect()?;
-    for name in ["events_read", "triggering_events", "events_without_email"] {
-        let value = counts.column(name)?.i64()?.get(0).unwrap_or(0);
-        result.metrics.insert(name.into(), Value::from(value));
-    }
-
-    let triggering = events.filter(
-        col("reason")
-            .is_not_null()
-            .and(col("email_normalized").is_not_null()),
-    );
+    let triggering = triggering
+        .lazy()
+        .filter(col("email_normalized").is_not_null());
     let new_rows = aggregate_events(triggering).collect()?;
     if let (0, Some(existing)) = (new_rows.height(), &existing) {
         // Nothing new: the list and the changes keep their versions. The
