@@ -549,10 +549,10 @@ fn print_run(manifest: &Manifest, dry_run: bool) {
             None => String::new(),
         };
         println!(
-            "  input  {:<22} version {:<4} {} rows{scope}",
+            "  input  {:<22} version {:<4} {}{scope}",
             input.table,
             input.version,
-            fmt_opt(input.rows)
+            count(input.rows, "row")
         );
     }
     for output in &manifest.outputs {
@@ -565,17 +565,17 @@ fn print_run(manifest: &Manifest, dry_run: bool) {
                     .map(|v| format!(" at version {v}"))
                     .unwrap_or_default();
                 println!(
-                    "  output {:<22} unchanged{at}: {} rows",
+                    "  output {:<22} unchanged{at}: {}",
                     output.table,
-                    fmt_opt(output.rows)
+                    count(output.rows, "row")
                 );
                 continue;
             }
         };
         println!(
-            "  output {:<22} {version}: {} rows (+{} -{} ~{})",
+            "  output {:<22} {version}: {} (+{} -{} ~{})",
             output.table,
-            fmt_opt(output.rows),
+            count(output.rows, "row"),
             fmt_opt(output.rows_added),
             fmt_opt(output.rows_removed),
             fmt_opt(output.rows_changed)
@@ -596,6 +596,15 @@ fn print_run(manifest: &Manifest, dry_run: bool) {
             })
             .collect();
         println!("  metrics: {}", metrics.join(", "));
+    }
+}
+
+/// Formats a count with its noun, singular for one: "1 row", "3 rows".
+fn count(value: Option<u64>, noun: &str) -> String {
+    match value {
+        Some(1) => format!("1 {noun}"),
+        Some(n) => format!("{n} {noun}s"),
+        None => format!("? {noun}s"),
     }
 }
 
@@ -775,9 +784,9 @@ fn table_path(warehouse: &Warehouse, args: &PathArgs, json_output: bool) -> anyh
     println!("table    {}", args.table);
     println!("uri      {uri}");
     println!(
-        "version  {version} ({} rows, {} files)",
-        fmt_opt(snapshot.num_rows()),
-        files.len()
+        "version  {version} ({}, {})",
+        count(snapshot.num_rows(), "row"),
+        count(Some(files.len() as u64), "file")
     );
     println!();
     println!("polars:    pl.read_delta(\"{uri}\", version={version}{options})");

@@ -375,12 +375,10 @@ impl Table {
             }
             ScanSources::Buffers(buffers.into_iter().map(Into::into).collect())
         };
-        let lf = LazyFrame::scan_parquet_sources(sources, args)?;
-        let columns: Vec<Expr> = schema
-            .iter()
-            .map(|(name, dtype)| col(name.clone()).cast(dtype.clone()))
-            .collect();
-        Ok(lf.select(columns))
+        // The schema given to the scan orders and types the columns, and
+        // fills columns a file lacks with nulls; no cast is needed, which
+        // lets filters reach the Parquet reader.
+        Ok(LazyFrame::scan_parquet_sources(sources, args)?)
     }
 
     /// Reads the table at `version` (or the latest) into memory.

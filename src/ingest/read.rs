@@ -22,6 +22,29 @@ pub(super) struct RawFile {
     pub broken: Vec<(u64, String, String)>,
 }
 
+impl RawFile {
+    /// Builds a file of text columns, one value per accepted line.
+    fn from_text_columns(
+        name: &str,
+        names: &[String],
+        columns: Vec<Vec<Option<String>>>,
+        lines: Vec<u64>,
+        broken: Vec<(u64, String, String)>,
+    ) -> Result<Self> {
+        let series: Vec<Column> = names
+            .iter()
+            .zip(columns)
+            .map(|(column, values)| Column::new(column.as_str().into(), values))
+            .collect();
+        Ok(RawFile {
+            name: name.to_string(),
+            frame: DataFrame::new(lines.len(), series)?,
+            lines,
+            broken,
+        })
+    }
+}
+
 /// Reads a source file from a local path or an object-store URL.
 pub(super) fn read_source(file: &str) -> Result<bytes::Bytes> {
     if let Some(rest) = file.strip_prefix("s3://") {
@@ -162,18 +185,7 @@ pub(super) fn read_csv(name: &str, bytes: &[u8], options: &CsvOptions) -> Result
     if header.is_empty() {
         return Err(Error::Input(format!("file {name} has no CSV header line")));
     }
-    let height = lines.len();
-    let series: Vec<Column> = header
-        .iter()
-        .zip(columns)
-        .map(|(h, values)| Column::new(h.as_str().into(), values))
-        .collect();
-    Ok(RawFile {
-        name: name.to_string(),
-        frame: DataFrame::new(height, series)?,
-        lines,
-        broken,
-    })
+    RawFile::from_text_columns(name, &header, columns, lines, broken)
 }
 
 fn check_header(name: &str, header: &[String]) -> Result<()> {
@@ -298,16 +310,5 @@ pub(super) fn read_ndjson(name: &str, bytes: &[u8]) -> Result<RawFile> {
             None => Error::Input(format!("file {name} has no JSON records")),
         });
     }
-    let height = lines.len();
-    let series: Vec<Column> = names
-        .iter()
-        .zip(columns)
-        .map(|(n, values)| Column::new(n.as_str().into(), values))
-        .collect();
-    Ok(RawFile {
-        name: name.to_string(),
-        frame: DataFrame::new(height, series)?,
-        lines,
-        broken,
-    })
+    RawFile::from_text_columns(name, &names, columns, lines, broken)
 }
