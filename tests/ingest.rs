@@ -115,6 +115,11 @@ fn empty_truncated_and_wrong_format_files_named() {
             "is not a Parquet file",
         ),
         (
+            "quote.csv",
+            format!("{EVENTS_HEADER}q1,c1,\"a@x.com,open,,,k1,2026-11-01\n{GOOD}"),
+            "quote.csv line 2: a quoted field opened on this line is never closed",
+        ),
+        (
             "cut.ndjson",
             "{\"event_id\":\"e1\"}\n{\"event_id\":\"e2\",\"ema".to_string(),
             "truncated",

@@ -157,6 +157,17 @@ pub(super) fn read_csv(name: &str, bytes: &[u8], options: &CsvOptions) -> Result
                         current.len()
                     )));
                 }
+                // A field with line breaks in a record of the wrong width
+                // is a quote that was never closed: it swallowed the lines
+                // after it, so they cannot be quarantined one by one.
+                let spans_lines = current.iter().any(|f| f.contains(&b'\n'));
+                if spans_lines && options.quote.is_some() {
+                    return Err(Error::Input(format!(
+                        "file {name} line {line}: a quoted field opened on this line is never \
+                         closed, so the following lines were read into it; fix the quote or \
+                         pass --quote none"
+                    )));
+                }
                 let text = current
                     .iter()
                     .map(|f| String::from_utf8_lossy(f).into_owned())
