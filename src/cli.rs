@@ -45,7 +45,7 @@ pub struct GlobalArgs {
     /// Configuration file [default: ./nightshift.toml when it exists]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Warehouse URL: file://PATH, s3://BUCKET/PREFIX or memory:// (overrides the configuration)
+    /// Warehouse URL: file://PATH or s3://BUCKET/PREFIX (overrides the configuration)
     #[arg(long, global = true, value_name = "URL", env = "NIGHTSHIFT_WAREHOUSE")]
     pub warehouse: Option<String>,
     /// Print JSON instead of text for people
