@@ -196,6 +196,7 @@ fn execute(
                 table,
                 snapshot,
                 last_committed,
+                content: Default::default(),
             },
         );
     }
@@ -226,7 +227,7 @@ fn execute(
         started_at: manifest.started_at,
         params: pipeline.params.clone(),
         inputs,
-        outputs: outputs.clone(),
+        outputs,
         last_success,
     };
     let result = (pipeline.kind.run)(&context)?;
@@ -239,7 +240,8 @@ fn execute(
 
     // Compare each new output with its previous version.
     let mut records = Vec::new();
-    for (role, output) in &outputs {
+    let outputs = &context.outputs;
+    for (role, output) in outputs {
         let new = result.outputs.iter().find(|o| &o.role == role);
         records.push(describe_output(role, output, new)?);
     }
@@ -250,7 +252,7 @@ fn execute(
         manifest.status = Status::Succeeded;
         return Ok(());
     }
-    commit_outputs(pipeline, &outputs, result, manifest)?;
+    commit_outputs(pipeline, outputs, result, manifest)?;
     manifest.status = Status::Succeeded;
     Ok(())
 }

@@ -68,6 +68,8 @@ pub struct PinnedOutput {
     pub snapshot: Option<Snapshot>,
     /// The version the last successful run left this table at.
     pub last_committed: Option<u64>,
+    /// The content of `snapshot`, once read.
+    pub content: std::sync::OnceLock<DataFrame>,
 }
 
 impl PinnedOutput {
@@ -81,11 +83,17 @@ impl PinnedOutput {
 
 impl PinnedOutput {
     /// Reads the output's current content, or `None` if it does not exist.
+    /// The content is read once per run: the job and the runner's
+    /// comparison with the new version share it.
     pub fn read(&self) -> Result<Option<DataFrame>> {
-        match &self.snapshot {
-            Some(snapshot) => Ok(Some(self.table.scan(snapshot)?.collect()?)),
-            None => Ok(None),
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(None);
+        };
+        if let Some(frame) = self.content.get() {
+            return Ok(Some(frame.clone()));
         }
+        let frame = self.table.scan(snapshot)?.collect()?;
+        Ok(Some(self.content.get_or_init(|| frame).clone()))
     }
 }
 
