@@ -528,3 +528,80 @@ fn changed_export_path_is_written() {
     assert_eq!(csv.lines().count(), 4, "{csv}");
     assert!(csv.contains("2026-11-01T10:00:00.000000Z"), "{csv}");
 }
+
+/// Runs the standard pipeline on the sample data in `data/`, as the
+/// quickstart does, and checks the figures `data/README.md` gives.
+fn sample_data_runs(project: &Project, warehouse_args: &[&str]) {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let command = |args: &[&str]| {
+        let mut all = warehouse_args.to_vec();
+        all.extend_from_slice(args);
+        project.json(&all)
+    };
+    for (table, file) in [
+        ("contacts", "contacts.csv"),
+        ("orders", "orders.csv"),
+        ("email_events", "email_events.csv"),
+    ] {
+        let path = data.join(file);
+        let summary = command(&["ingest", table, path.to_str().unwrap()]);
+        assert_eq!(summary["rejected"], 0, "{table}: {summary}");
+    }
+    let first = command(&["run", "--all"]);
+    let manifest = &first[0]["manifest"];
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(manifest["outputs"][1]["rows"], 88);
+    assert_eq!(manifest["metrics"]["added_by_reason"]["hard_bounce"], 66);
+    assert_eq!(manifest["metrics"]["added_by_reason"]["complaint"], 4);
+    assert_eq!(manifest["metrics"]["added_by_reason"]["unsubscribe"], 18);
+    assert_eq!(manifest["metrics"]["events_without_email"], 2);
+
+    let day2 = data.join("email_events_day2.csv");
+    command(&["ingest", "email_events", day2.to_str().unwrap()]);
+    let second = command(&["run", "--all"]);
+    let manifest = &second[0]["manifest"];
+    assert_eq!(manifest["outputs"][1]["rows"], 96);
+    assert_eq!(manifest["outputs"][0]["rows"], 8, "suppression_changes");
+    assert_eq!(manifest["metrics"]["events_without_email"], 1);
+    assert_eq!(manifest["inputs"][0]["incremental_from"], 0);
+    let runs = command(&["runs"]);
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn sample_data_local() {
+    let project = Project::new();
+    sample_data_runs(&project, &[]);
+    let list = read(&project, "suppression_list", None);
+    let total: i64 = list
+        .column("event_count")
+        .unwrap()
+        .i64()
+        .unwrap()
+        .sum()
+        .unwrap();
+    assert_eq!(total, 165);
+}
+
+#[test]
+fn sample_data_on_s3() {
+    if common::s3_endpoint().is_none() {
+        return;
+    }
+    let project = Project::new();
+    let url = common::s3_warehouse("sample");
+    sample_data_runs(&project, &["--warehouse", &url]);
+    let warehouse = Warehouse::open(&url).unwrap();
+    let list = Table::new(&warehouse, "suppression_list")
+        .unwrap()
+        .read(None)
+        .unwrap();
+    let total: i64 = list
+        .column("event_count")
+        .unwrap()
+        .i64()
+        .unwrap()
+        .sum()
+        .unwrap();
+    assert_eq!(total, 165);
+}
