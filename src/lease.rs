@@ -43,7 +43,7 @@ fn parse_epoch(name: &str) -> Option<u64> {
 }
 
 /// Takes the lease of `pipeline` for `timeout`. Fails with
-/// [`Error::LeaseHeld`] while another run holds it.
+/// [`Error::LeaseHeld`] while another run has it.
 pub fn acquire(
     warehouse: &Warehouse,
     pipeline: &str,
@@ -103,7 +103,7 @@ pub fn acquire(
             });
         }
     }
-    // Older epochs are history nobody reads again.
+    // Older epochs are never read again, so they are deleted.
     for old in epochs.iter().filter(|e| **e < epoch) {
         let _ = warehouse.delete(&prefix.clone().join(epoch_name(*old)));
     }

@@ -93,7 +93,7 @@ pub struct Manifest {
     pub outputs: Vec<OutputRecord>,
     /// The job's own figures (rows suppressed, addresses added, ...).
     pub metrics: Map<String, Value>,
-    /// Why the run was skipped, for skipped runs.
+    /// The reason a skipped run was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_reason: Option<String>,
 }

@@ -178,10 +178,7 @@ fn execute(
     let mut outputs = BTreeMap::new();
     for (role, name) in &pipeline.outputs {
         let table = Table::new(warehouse, name)?;
-        let snapshot = match table.latest_version()? {
-            Some(version) => Some(table.snapshot(Some(version))?),
-            None => None,
-        };
+        let snapshot = table.latest_snapshot()?;
         let last_committed = last_success
             .as_ref()
             .and_then(|m| {

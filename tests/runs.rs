@@ -374,7 +374,7 @@ fn failed_second_commit_is_compensated() {
             .len(),
         1
     );
-    // The next run still sees night two as new.
+    // The next run still reads night two as new.
     let report = run_json(&project, &["suppression"]);
     assert_eq!(report[0]["manifest"]["metrics"]["addresses_added"], 1);
 }

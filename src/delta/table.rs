@@ -236,6 +236,15 @@ impl Table {
         Ok(self.versions()?.last().copied())
     }
 
+    /// Returns the snapshot at the latest version, or `None` for a table
+    /// that does not exist.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
+        match self.latest_version()? {
+            Some(version) => Ok(Some(self.snapshot(Some(version))?)),
+            None => Ok(None),
+        }
+    }
+
     /// Returns true when the table has at least one committed version.
     pub fn exists(&self) -> Result<bool> {
         Ok(self.latest_version()?.is_some())
@@ -375,9 +384,9 @@ impl Table {
             }
             ScanSources::Buffers(buffers.into_iter().map(Into::into).collect())
         };
-        // The schema given to the scan orders and types the columns, and
-        // fills columns a file lacks with nulls; no cast is needed, which
-        // lets filters reach the Parquet reader.
+        // The schema given to the scan orders and types the columns and
+        // fills columns a file lacks with nulls. So no cast follows the
+        // scan, and Polars can push filters into the Parquet reader.
         Ok(LazyFrame::scan_parquet_sources(sources, args)?)
     }
 
@@ -519,10 +528,7 @@ impl Table {
 
     /// Stages and commits a write of `df` on top of the latest version.
     pub fn write(&self, df: DataFrame, mode: WriteMode, options: CommitOptions) -> Result<u64> {
-        let base = match self.latest_version()? {
-            Some(version) => Some(self.snapshot(Some(version))?),
-            None => None,
-        };
+        let base = self.latest_snapshot()?;
         self.stage(df, mode, base.as_ref())?.commit(options)
     }
 
@@ -570,10 +576,7 @@ impl Table {
         const ATTEMPTS: usize = 10;
         let mut attempt = 1;
         loop {
-            let base = match self.latest_version()? {
-                Some(version) => Some(self.snapshot(Some(version))?),
-                None => None,
-            };
+            let base = self.latest_snapshot()?;
             let staged = self.stage(df.clone(), WriteMode::Append, base.as_ref())?;
             match staged.commit(options.clone()) {
                 Err(Error::CommitConflict { version, .. }) if attempt < ATTEMPTS => {

@@ -227,10 +227,7 @@ pub fn ingest(warehouse: &Warehouse, options: &IngestOptions) -> Result<IngestSu
     } else {
         concat_frames(accepted_frames)?
     };
-    let base = match table.latest_version()? {
-        Some(version) => Some(table.snapshot(Some(version))?),
-        None => None,
-    };
+    let base = table.latest_snapshot()?;
     let batch = match (options.mode, &key, &base) {
         (IngestMode::Append, Some(key), Some(base)) if batch.height() > 0 => reject_existing_keys(
             &table,
@@ -518,7 +515,7 @@ fn validate_file(
             let numeric = column.dtype().is_primitive_numeric();
             if spec.kind == ColumnType::Timestamp && numeric {
                 return Err(Error::Input(format!(
-                    "file {name}: column `{source}` holds numbers of type {}, but `{target}` is a \
+                    "file {name}: column `{source}` contains numbers of type {}, but `{target}` is a \
                      timestamp; store it as a Parquet timestamp or as text like \
                      2024-03-05T10:22:31Z",
                     column.dtype()

@@ -97,7 +97,7 @@ impl PinnedOutput {
     }
 }
 
-/// What a job sees of its run.
+/// The run as a job reads it: pinned inputs and outputs, parameters and ids.
 #[derive(Debug)]
 pub struct JobContext {
     pub warehouse: Warehouse,
@@ -141,7 +141,7 @@ pub struct Export {
     pub frame: DataFrame,
 }
 
-/// What a job returns. Outputs it leaves out keep their current version.
+/// The outcome of a job. Outputs it leaves out keep their current version.
 #[derive(Debug, Default)]
 pub struct JobResult {
     pub outputs: Vec<OutputFrame>,

@@ -80,7 +80,7 @@ fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
     Ok(value)
 }
 
-/// The columns of `suppression_list`, in order.
+/// Returns the columns of `suppression_list`, in order.
 pub fn list_schema() -> Schema {
     Schema::from_iter([
         Field::new("email_normalized".into(), DataType::String),
