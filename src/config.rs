@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::notify::AlertChannel;
 use crate::warehouse::DEFAULT_WAREHOUSE;
 
 /// The configuration file name looked up in the current folder.
@@ -16,6 +17,10 @@ struct ConfigFile {
     warehouse: Option<String>,
     pipelines: Option<String>,
     lease_timeout_minutes: Option<u64>,
+    metrics_file: Option<String>,
+    alert_reminder_hours: Option<f64>,
+    #[serde(default)]
+    alerts: Vec<AlertChannel>,
 }
 
 /// The resolved configuration.
@@ -30,6 +35,12 @@ pub struct Config {
     pub lease_timeout_minutes: u64,
     /// The configuration file read, if any.
     pub source: Option<PathBuf>,
+    /// Where runs, `status` and the scheduler write Prometheus metrics.
+    pub metrics_file: Option<PathBuf>,
+    /// Alert channels.
+    pub alerts: Vec<AlertChannel>,
+    /// Repeats an alert while a pipeline stays failing or stale this long.
+    pub alert_reminder_hours: Option<f64>,
 }
 
 impl Default for Config {
@@ -39,6 +50,9 @@ impl Default for Config {
             pipelines_dir: PathBuf::from("pipelines"),
             lease_timeout_minutes: 120,
             source: None,
+            metrics_file: None,
+            alerts: Vec::new(),
+            alert_reminder_hours: Some(24.0),
         }
     }
 }
@@ -80,6 +94,22 @@ impl Config {
             ))
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
+        let mut names = std::collections::BTreeSet::new();
+        for channel in &file.alerts {
+            channel.validate().map_err(|e| {
+                Error::Config(format!(
+                    "invalid configuration file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if !names.insert(channel.name.clone()) {
+                return Err(Error::Config(format!(
+                    "invalid configuration file {}: two alert channels are named `{}`",
+                    path.display(),
+                    channel.name
+                )));
+            }
+        }
         let defaults = Self::default();
         let warehouse = match file.warehouse {
             Some(url) => resolve_local_url(&url, base),
@@ -92,6 +122,13 @@ impl Config {
                 .lease_timeout_minutes
                 .unwrap_or(defaults.lease_timeout_minutes),
             source: Some(path.to_path_buf()),
+            metrics_file: file.metrics_file.map(|f| base.join(f)),
+            alerts: file.alerts,
+            alert_reminder_hours: match file.alert_reminder_hours {
+                Some(h) if h > 0.0 => Some(h),
+                Some(_) => None,
+                None => defaults.alert_reminder_hours,
+            },
         })
     }
 }

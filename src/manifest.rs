@@ -96,6 +96,49 @@ pub struct Manifest {
     /// The reason a skipped run was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_reason: Option<String>,
+    /// The gate checks that failed and stopped the commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate_failures: Vec<GateFailure>,
+    /// True when the run was told to commit without checking its gates.
+    #[serde(default)]
+    pub gates_skipped: bool,
+    /// The scheduled time the run serves, for scheduled runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The scheduled times a catch-up run covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<usize>,
+    /// For a scheduled run that did not start: the upstream pipeline whose
+    /// failure held it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+    /// Alerts and pings sent about this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
+}
+
+/// One failed gate check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateFailure {
+    /// The output role or table the gate is on.
+    pub output: String,
+    /// The check: min_rows, max_change_pct, not_null, unique, expression, ...
+    pub check: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// An alert or a ping, as delivered or not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Notification {
+    /// The alert channel's name, or `ping`.
+    pub channel: String,
+    /// failure, recovery, stale, reminder, or for pings start, success, failure.
+    pub event: String,
+    pub delivered: bool,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Manifest {

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::delta::table::validate_table_name;
 use crate::error::{Error, Result};
 use crate::jobs::{self, KindSpec};
+use crate::notify::Pings;
+use crate::schedule::cron::Schedule;
 
 /// A gate: a check on one output that must pass before any output commits.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -26,6 +28,18 @@ pub struct Gate {
     /// Fails when the output grows by more than this percentage of the
     /// previous version's rows.
     pub max_growth_pct: Option<f64>,
+    /// Fails when the row count changes by more than this percentage of the
+    /// previous version's rows, either way.
+    pub max_change_pct: Option<f64>,
+    /// Columns that must hold no null in the rows written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_null: Vec<String>,
+    /// Columns whose combination must be unique in the rows written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique: Vec<String>,
+    /// A SQL boolean expression that must hold for every row written, e.g.
+    /// `score >= 0 AND score <= 100`.
+    pub expression: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +48,12 @@ struct PipelineFile {
     kind: String,
     description: Option<String>,
     schedule: Option<String>,
+    time_zone: Option<String>,
+    max_age: Option<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    pings: Pings,
     #[serde(default)]
     inputs: BTreeMap<String, String>,
     #[serde(default)]
@@ -52,8 +72,14 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub kind: &'static KindSpec,
     pub description: Option<String>,
-    /// When the pipeline is meant to run, as written in the file.
-    pub schedule: Option<String>,
+    /// When the pipeline runs: a cron expression in a time zone.
+    pub schedule: Option<Schedule>,
+    /// A pipeline without a successful run within this long is stale.
+    pub max_age: Option<chrono::Duration>,
+    /// Pipelines whose run of the same cycle this one waits for.
+    pub after: Vec<String>,
+    /// Dead-man's-switch URLs.
+    pub pings: Pings,
     /// Input role to table name, with defaults filled in.
     pub inputs: BTreeMap<String, String>,
     /// Output role to table name, with defaults filled in.
@@ -111,13 +137,62 @@ impl Pipeline {
                     outputs.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }
+            for (name, pct) in [
+                ("max_shrink_pct", gate.max_shrink_pct),
+                ("max_growth_pct", gate.max_growth_pct),
+                ("max_change_pct", gate.max_change_pct),
+            ] {
+                if pct.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                    return Err(invalid(format!(
+                        "gate on `{}`: {name} must be a percentage of 0 or more",
+                        gate.output
+                    )));
+                }
+            }
+            if let Some(expression) = &gate.expression {
+                let _ = polars::sql::sql_expr(expression).map_err(|e| {
+                    invalid(format!(
+                        "gate on `{}`: invalid expression `{expression}`: {e}",
+                        gate.output
+                    ))
+                })?;
+            }
+        }
+        if file.time_zone.is_some() && file.schedule.is_none() {
+            return Err(invalid(
+                "time_zone is set but schedule is not; add schedule = \"0 2 * * *\" or \
+                 remove time_zone"
+                    .into(),
+            ));
+        }
+        let schedule = match &file.schedule {
+            Some(expression) => Some(
+                Schedule::parse(expression, file.time_zone.as_deref().unwrap_or("UTC"))
+                    .map_err(|e| invalid(format!("schedule: {e}")))?,
+            ),
+            None => None,
+        };
+        let max_age = match &file.max_age {
+            Some(text) => Some(parse_duration(text).map_err(|e| invalid(format!("max_age: {e}")))?),
+            None => None,
+        };
+        for upstream in &file.after {
+            if upstream == &name {
+                return Err(invalid(format!(
+                    "after names the pipeline itself (`{name}`)"
+                )));
+            }
+            validate_pipeline_name(upstream).map_err(|e| invalid(format!("after: {e}")))?;
         }
         Ok(Self {
             name,
             path: path.to_path_buf(),
             kind,
             description: file.description,
-            schedule: file.schedule,
+            schedule,
+            max_age,
+            after: file.after,
+            pings: file.pings,
             inputs,
             outputs,
             params,
@@ -202,6 +277,7 @@ pub fn load_all(dir: &Path) -> Result<Vec<Pipeline>> {
         }
     }
     problems.extend(shared_outputs(&pipelines));
+    problems.extend(dependency_problems(&pipelines));
     if !problems.is_empty() {
         return Err(Error::Config(problems.join("\n")));
     }
@@ -248,6 +324,85 @@ pub fn load_named(dir: &Path, name: &str) -> Result<Pipeline> {
         )));
     }
     Pipeline::load(&path)
+}
+
+/// Parses a duration such as `26h`, `90m`, `7d`, `2w` or `3600s`.
+pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration `{text}`: write a number and a unit, like 26h, 90m or 7d")
+    })?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        other => {
+            return Err(format!(
+                "invalid duration `{text}`: unknown unit `{other}`; use s, m, h, d or w"
+            ))
+        }
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("invalid duration `{text}`: it must be positive"));
+    }
+    Ok(chrono::Duration::milliseconds(
+        (value * seconds * 1000.0) as i64,
+    ))
+}
+
+/// Lists `after` entries that name no pipeline, and dependency cycles.
+fn dependency_problems(pipelines: &[Pipeline]) -> Vec<String> {
+    let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    let mut problems = Vec::new();
+    for pipeline in pipelines {
+        for upstream in &pipeline.after {
+            if !names.contains(&upstream.as_str()) {
+                problems.push(format!(
+                    "pipeline `{}` runs after `{upstream}`, which is not a pipeline; the \
+                     pipelines are: {}",
+                    pipeline.name,
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        if let Err(cycle) = dependency_order(pipelines) {
+            problems.push(cycle);
+        }
+    }
+    problems
+}
+
+/// Orders pipelines so that each comes after the pipelines it names in
+/// `after`, keeping name order otherwise. Fails on a cycle, naming it.
+pub fn dependency_order(pipelines: &[Pipeline]) -> Result<Vec<&Pipeline>, String> {
+    let mut ordered: Vec<&Pipeline> = Vec::with_capacity(pipelines.len());
+    let mut remaining: Vec<&Pipeline> = pipelines.iter().collect();
+    while !remaining.is_empty() {
+        let ready = remaining.iter().position(|p| {
+            p.after.iter().all(|u| {
+                ordered.iter().any(|o| &o.name == u) || !pipelines.iter().any(|q| &q.name == u)
+            })
+        });
+        match ready {
+            Some(index) => ordered.push(remaining.remove(index)),
+            None => {
+                let names: Vec<&str> = remaining.iter().map(|p| p.name.as_str()).collect();
+                return Err(format!(
+                    "pipelines wait for each other in a cycle through `after`: {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(ordered)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::delta::{Table, WriteMode};
 use crate::error::{Error, Result};
 use crate::jobs::{JobContext, JobResult, OutputFrame, PinnedInput, PinnedOutput};
 use crate::lease;
-use crate::manifest::{self, InputRecord, Manifest, OutputRecord, Status, Trigger};
+use crate::manifest::{self, GateFailure, InputRecord, Manifest, OutputRecord, Status, Trigger};
 use crate::pipeline::{Gate, Pipeline};
 use crate::warehouse::Warehouse;
 
@@ -29,6 +29,12 @@ pub struct RunOptions {
     /// manifest.
     pub dry_run: bool,
     pub trigger: Trigger,
+    /// Commits even when a gate fails; recorded in the manifest.
+    pub skip_gates: bool,
+    /// The scheduled time this run serves, for runs started by a schedule.
+    pub scheduled_for: Option<chrono::DateTime<Utc>>,
+    /// Scheduled times this run covers (more than 1 for a catch-up).
+    pub windows: Option<usize>,
     /// How long the lease lasts before another run may take it over.
     pub lease_timeout: Duration,
 }
@@ -39,6 +45,9 @@ impl Default for RunOptions {
             force: false,
             dry_run: false,
             trigger: Trigger::Manual,
+            skip_gates: false,
+            scheduled_for: None,
+            windows: None,
             lease_timeout: Duration::minutes(120),
         }
     }
@@ -71,25 +80,18 @@ pub fn run_pipeline(
     pipeline: &Pipeline,
     options: &RunOptions,
 ) -> Result<RunReport> {
-    let run_id = uuid::Uuid::now_v7().to_string();
+    run_pipeline_with(warehouse, pipeline, options, &mut |_| {})
+}
+
+/// Returns the manifest of a run that has not started yet.
+pub fn new_manifest(pipeline: &Pipeline, options: &RunOptions) -> Manifest {
     let started_at = Utc::now();
-    let clock = Instant::now();
-    let lease = if options.dry_run {
-        None
-    } else {
-        Some(lease::acquire(
-            warehouse,
-            &pipeline.name,
-            &run_id,
-            options.lease_timeout,
-        )?)
-    };
-    let mut manifest = Manifest {
+    Manifest {
         manifest_version: manifest::MANIFEST_VERSION,
         nightshift_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.name.clone(),
         kind: pipeline.kind.name.to_string(),
-        run_id: run_id.clone(),
+        run_id: uuid::Uuid::now_v7().to_string(),
         trigger: options.trigger,
         status: Status::Failed,
         forced: options.force,
@@ -103,6 +105,54 @@ pub fn run_pipeline(
         outputs: Vec::new(),
         metrics: Map::new(),
         skipped_reason: None,
+        gate_failures: Vec::new(),
+        gates_skipped: false,
+        scheduled_for: options.scheduled_for,
+        windows: options.windows,
+        notifications: Vec::new(),
+        blocked_by: None,
+    }
+}
+
+/// Records a scheduled run that did not start because a pipeline it runs
+/// after failed: a skipped manifest naming the upstream run.
+pub fn record_blocked(
+    warehouse: &Warehouse,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    upstream: &str,
+    reason: String,
+) -> Result<Manifest> {
+    let mut manifest = new_manifest(pipeline, options);
+    manifest.status = Status::Skipped;
+    manifest.skipped_reason = Some(reason);
+    manifest.blocked_by = Some(upstream.to_string());
+    if !options.dry_run {
+        manifest::write(warehouse, &manifest)?;
+    }
+    Ok(manifest)
+}
+
+/// Runs `pipeline`, calling `finish` with the complete manifest just before
+/// it is written (alerts and pings record themselves there).
+pub fn run_pipeline_with(
+    warehouse: &Warehouse,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    finish: &mut dyn FnMut(&mut Manifest),
+) -> Result<RunReport> {
+    let mut manifest = new_manifest(pipeline, options);
+    let run_id = manifest.run_id.clone();
+    let clock = Instant::now();
+    let lease = if options.dry_run {
+        None
+    } else {
+        Some(lease::acquire(
+            warehouse,
+            &pipeline.name,
+            &run_id,
+            options.lease_timeout,
+        )?)
     };
     tracing::info!(pipeline = %pipeline.name, run_id = %run_id, "run started");
 
@@ -115,6 +165,7 @@ pub fn run_pipeline(
         tracing::error!(pipeline = %pipeline.name, run_id = %run_id, error = %e, "run failed");
     }
     if !options.dry_run {
+        finish(&mut manifest);
         let written = manifest::write(warehouse, &manifest);
         if let Some(lease) = lease {
             lease.release();
@@ -226,6 +277,7 @@ fn execute(
         inputs,
         outputs,
         last_success,
+        dry_run: options.dry_run,
     };
     let result = (pipeline.kind.run)(&context)?;
     manifest.metrics = result.metrics.clone();
@@ -244,12 +296,25 @@ fn execute(
     }
     manifest.outputs = records;
 
-    check_gates(pipeline, &manifest.outputs)?;
+    if options.skip_gates {
+        manifest.gates_skipped = true;
+        if !pipeline.gates.is_empty() {
+            tracing::warn!(pipeline = %pipeline.name, "gates skipped on request");
+        }
+    } else {
+        check_gates(pipeline, &result, manifest)?;
+    }
     if options.dry_run {
         manifest.status = Status::Succeeded;
         return Ok(());
     }
+    let fail_after_commit = result.fail_after_commit.clone();
     commit_outputs(pipeline, outputs, result, manifest)?;
+    if let Some(message) = fail_after_commit {
+        return Err(Error::Data(format!(
+            "{message} (the results received were committed)"
+        )));
+    }
     manifest.status = Status::Succeeded;
     Ok(())
 }
@@ -384,35 +449,79 @@ pub fn diff_by_key(old: &DataFrame, new: &DataFrame, key: &str) -> Result<(u64, 
     Ok((added, removed, changed))
 }
 
-/// Fails when a gate of the pipeline does not pass.
-fn check_gates(pipeline: &Pipeline, outputs: &[OutputRecord]) -> Result<()> {
+/// Fails when a gate of the pipeline does not pass, recording every failed
+/// check in the manifest.
+fn check_gates(pipeline: &Pipeline, result: &JobResult, manifest: &mut Manifest) -> Result<()> {
+    let mut failures = Vec::new();
     for gate in &pipeline.gates {
         let Some(table) = pipeline.output_table(&gate.output) else {
             continue;
         };
-        let Some(record) = outputs.iter().find(|o| o.table == table) else {
+        let Some(record) = manifest.outputs.iter().find(|o| o.table == table) else {
             continue;
         };
-        if let Some(message) = gate_failure(gate, record) {
-            return Err(Error::Data(format!(
-                "gate on output `{}` failed: {message}; nothing was committed",
-                gate.output
-            )));
-        }
+        let frame = result
+            .outputs
+            .iter()
+            .find(|o| o.role == record.role)
+            .map(|o| &o.frame);
+        failures.extend(gate_failures(gate, record, frame)?);
     }
-    Ok(())
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let message = failures
+        .iter()
+        .map(|f| {
+            format!(
+                "gate {} on output `{}` failed: expected {}, got {}",
+                f.check, f.output, f.expected, f.actual
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    manifest.gate_failures = failures;
+    Err(Error::Data(format!(
+        "{message}; nothing was committed (a person who has checked the output can pass \
+         --skip-gates)"
+    )))
 }
 
-fn gate_failure(gate: &Gate, record: &OutputRecord) -> Option<String> {
+/// Returns the checks of `gate` that the new version of an output fails.
+/// Row counts and changes come from the output's record; content checks
+/// (`not_null`, `unique`, `expression`) read the rows the run writes, and
+/// pass when it writes none.
+pub fn gate_failures(
+    gate: &Gate,
+    record: &OutputRecord,
+    frame: Option<&DataFrame>,
+) -> Result<Vec<GateFailure>> {
+    let mut failures = Vec::new();
+    let mut fail = |check: &str, expected: String, actual: String| {
+        failures.push(GateFailure {
+            output: gate.output.clone(),
+            check: check.to_string(),
+            expected,
+            actual,
+        })
+    };
     let rows = record.rows.unwrap_or(0);
     if let Some(min) = gate.min_rows {
         if rows < min {
-            return Some(format!("{rows} rows, fewer than min_rows = {min}"));
+            fail(
+                "min_rows",
+                format!("at least {min} rows"),
+                format!("{rows} rows"),
+            );
         }
     }
     if let Some(max) = gate.max_rows {
         if rows > max {
-            return Some(format!("{rows} rows, more than max_rows = {max}"));
+            fail(
+                "max_rows",
+                format!("at most {max} rows"),
+                format!("{rows} rows"),
+            );
         }
     }
     let before = record
@@ -421,23 +530,127 @@ fn gate_failure(gate: &Gate, record: &OutputRecord) -> Option<String> {
         .map(|(removed, added)| (rows + removed).saturating_sub(added));
     if let Some(before) = before.filter(|b| *b > 0) {
         let change = (rows as f64 - before as f64) / before as f64 * 100.0;
+        let actual = format!("{before} to {rows} rows ({change:+.1}%)");
         if let Some(max) = gate.max_shrink_pct {
             if -change > max {
-                return Some(format!(
-                    "shrinks from {before} to {rows} rows ({:.1}%), more than max_shrink_pct = {max}",
-                    -change
-                ));
+                fail(
+                    "max_shrink_pct",
+                    format!("a shrink of at most {max}%"),
+                    actual.clone(),
+                );
             }
         }
         if let Some(max) = gate.max_growth_pct {
             if change > max {
-                return Some(format!(
-                    "grows from {before} to {rows} rows ({change:.1}%), more than max_growth_pct = {max}"
-                ));
+                fail(
+                    "max_growth_pct",
+                    format!("a growth of at most {max}%"),
+                    actual.clone(),
+                );
+            }
+        }
+        if let Some(max) = gate.max_change_pct {
+            if change.abs() > max {
+                fail(
+                    "max_change_pct",
+                    format!("a change of at most {max}%"),
+                    actual,
+                );
             }
         }
     }
-    None
+    let Some(frame) = frame else {
+        return Ok(failures);
+    };
+    let names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let missing = |column: &str| -> Option<String> {
+        (!names.iter().any(|n| n == column)).then(|| {
+            format!(
+                "no column `{column}`; the output's columns are: {}",
+                names.join(", ")
+            )
+        })
+    };
+    for column in &gate.not_null {
+        if let Some(actual) = missing(column) {
+            fail(
+                "not_null",
+                format!("column `{column}` without nulls"),
+                actual,
+            );
+            continue;
+        }
+        let nulls = frame.column(column)?.null_count();
+        if nulls > 0 {
+            fail(
+                "not_null",
+                format!("no null in `{column}`"),
+                format!("{nulls} null values"),
+            );
+        }
+    }
+    if !gate.unique.is_empty() {
+        let absent: Vec<String> = gate.unique.iter().filter_map(|c| missing(c)).collect();
+        if let Some(actual) = absent.first() {
+            fail(
+                "unique",
+                format!("unique ({})", gate.unique.join(", ")),
+                actual.clone(),
+            );
+        } else {
+            let distinct = frame
+                .clone()
+                .lazy()
+                .select(
+                    gate.unique
+                        .iter()
+                        .map(|c| col(c.as_str()))
+                        .collect::<Vec<_>>(),
+                )
+                .unique(None, UniqueKeepStrategy::Any)
+                .collect()?
+                .height();
+            let duplicates = frame.height() - distinct;
+            if duplicates > 0 {
+                fail(
+                    "unique",
+                    format!("unique ({})", gate.unique.join(", ")),
+                    format!("{duplicates} duplicate rows"),
+                );
+            }
+        }
+    }
+    if let Some(expression) = &gate.expression {
+        let expr = polars::sql::sql_expr(expression)?;
+        let violating = frame
+            .clone()
+            .lazy()
+            .filter(expr.fill_null(lit(false)).not())
+            .select([len()])
+            .collect();
+        match violating {
+            Ok(counted) => {
+                let n = counted.column("len")?.get(0)?.extract::<u64>().unwrap_or(0);
+                if n > 0 {
+                    fail(
+                        "expression",
+                        format!("`{expression}` on every row"),
+                        format!("{n} rows where it does not hold"),
+                    );
+                }
+            }
+            Err(e) => fail(
+                "expression",
+                format!("`{expression}` on every row"),
+                format!("an expression that cannot be evaluated: {e}"),
+            ),
+        }
+    }
+    Ok(failures)
 }
 
 /// Stages every output (writing data files), then commits them one by one.

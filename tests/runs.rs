@@ -236,7 +236,9 @@ fn failed_gate_commits_nothing() {
     let out = project.run(&["run", "strict"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("gate on output `list` failed: 3 rows, fewer than min_rows = 100"),
+        stderr(&out).contains(
+            "gate min_rows on output `list` failed: expected at least 100 rows, got 3 rows"
+        ),
         "{}",
         stderr(&out)
     );
