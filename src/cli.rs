@@ -16,8 +16,10 @@ use crate::error::Error;
 use crate::generate::{self, GenerateOptions};
 use crate::ingest::{self, CsvOptions, Format, IngestMode, IngestOptions, MaxRejected};
 use crate::manifest::{self, Manifest, Status};
+use crate::monitor;
 use crate::pipeline::{self, Pipeline};
-use crate::runner::{self, RunOptions};
+use crate::runner::RunOptions;
+use crate::schedule;
 use crate::warehouse::Warehouse;
 
 /// Exit code of a run or data failure.
@@ -83,6 +85,53 @@ pub enum Command {
     Vacuum(VacuumArgs),
     /// Check the configuration and every pipeline file
     Validate,
+    /// Show every pipeline's schedule, last run, last success, next due
+    /// time and health; exits 1 when any is failing or stale
+    Status(StatusArgs),
+    /// Print the pipelines' metrics in the Prometheus text format
+    Metrics,
+    /// Run pipelines on their schedules in the foreground until SIGTERM
+    Schedule(ScheduleArgs),
+    /// Customer lifetime value tools
+    #[command(subcommand)]
+    Clv(ClvCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Evaluate staleness and due times as if it were this time (RFC 3339)
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Check staleness at least this often, in seconds
+    #[arg(long, default_value_t = 60)]
+    pub check_every: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClvCommand {
+    /// Fit BG/NBD on the orders through a date and compare its predictions
+    /// with the purchases made after it, in total and by repeat purchases
+    Holdout(HoldoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HoldoutArgs {
+    /// Last day of the calibration period (YYYY-MM-DD)
+    #[arg(long, value_name = "DATE")]
+    pub until: String,
+    /// Last day of the holdout period [default: the day of the last order]
+    #[arg(long, value_name = "DATE")]
+    pub end: Option<String>,
+    /// Take the orders table and time unit from this clv pipeline
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Orders table, when no pipeline is given
+    #[arg(long, default_value = "orders", conflicts_with = "pipeline")]
+    pub table: String,
 }
 
 #[derive(Debug, Args)]
@@ -151,15 +200,27 @@ pub struct IngestArgs {
 pub struct RunArgs {
     /// Pipelines to run, by file name without .toml
     pub pipelines: Vec<String>,
-    /// Run every pipeline in the pipelines folder
+    /// Run every pipeline in the pipelines folder, upstream pipelines first
     #[arg(long, conflicts_with = "pipelines")]
     pub all: bool,
+    /// Run the pipelines whose scheduled time has come since their last
+    /// scheduled run (missed times are caught up with one run); for system
+    /// cron, a Kubernetes CronJob or any scheduler
+    #[arg(long, conflicts_with_all = ["pipelines", "all"])]
+    pub due: bool,
+    /// Evaluate schedules as if it were this time (RFC 3339), with --due
+    #[arg(long, value_name = "TIME", requires = "due")]
+    pub now: Option<String>,
     /// Run even when inputs and parameters are unchanged since the last success
     #[arg(long)]
     pub force: bool,
     /// Compute and report rows added, removed and changed per output; commit nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Commit even when a gate fails, after a person has checked the output;
+    /// recorded in the manifest
+    #[arg(long)]
+    pub skip_gates: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +292,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rollback(args) => rollback(&open()?, &args, json_output),
         Command::Vacuum(args) => vacuum(&open()?, &args, json_output),
         Command::Validate => validate(&open()?, &config, json_output),
+        Command::Status(args) => status(&open()?, &config, &args, json_output),
+        Command::Metrics => metrics(&open()?, &config),
+        Command::Schedule(args) => serve(&open()?, &config, &args),
+        Command::Clv(ClvCommand::Holdout(args)) => {
+            clv_holdout(&open()?, &config, &args, json_output)
+        }
     }
 }
 
@@ -251,7 +318,11 @@ const SUPPRESSION_TEMPLATE: &str = r#"# Nightly bounce suppression: moves hard b
 # unsubscribes from email_events to suppression_list.
 kind = "suppression"
 description = "Nightly bounce suppression"
-schedule = "daily 02:00 UTC"
+# Every night at 02:00 UTC; `nightshift run --due` or `nightshift schedule`
+# runs it. A pipeline without a successful run for 26 hours is stale.
+schedule = "0 2 * * *"
+time_zone = "UTC"
+max_age = "26h"
 
 [inputs]
 events = "email_events"
@@ -466,11 +537,16 @@ fn run_pipelines(
     args: &RunArgs,
     json_output: bool,
 ) -> anyhow::Result<u8> {
+    if args.due {
+        return run_due(warehouse, config, args, json_output);
+    }
     let pipelines: Vec<Pipeline> = if args.all {
-        pipeline::load_all(&config.pipelines_dir)?
+        let all = pipeline::load_all(&config.pipelines_dir)?;
+        let ordered = pipeline::dependency_order(&all).map_err(Error::Config)?;
+        ordered.into_iter().cloned().collect()
     } else if args.pipelines.is_empty() {
         bail!(Error::Config(
-            "name the pipelines to run, or pass --all".into()
+            "name the pipelines to run, or pass --all or --due".into()
         ));
     } else {
         args.pipelines
@@ -481,6 +557,7 @@ fn run_pipelines(
     let options = RunOptions {
         force: args.force,
         dry_run: args.dry_run,
+        skip_gates: args.skip_gates,
         lease_timeout: chrono::Duration::minutes(config.lease_timeout_minutes as i64),
         ..Default::default()
     };
@@ -489,7 +566,7 @@ fn run_pipelines(
     let mut exit = 0;
     for pipeline in &pipelines {
         let bar = spinner(format!("running {}", pipeline.name));
-        let outcome = runner::run_pipeline(warehouse, pipeline, &options);
+        let outcome = schedule::run_monitored(warehouse, config, pipeline, &options);
         bar.finish_and_clear();
         match outcome {
             Ok(report) => {
@@ -517,12 +594,192 @@ fn run_pipelines(
             }
         }
     }
+    if !args.dry_run {
+        write_metrics(warehouse, config);
+    }
     if json_output {
         print_json(&reports)?;
     } else if pipelines.len() > 1 {
         println!("{} pipeline(s) run, {failures} failed", pipelines.len());
     }
     Ok(exit)
+}
+
+/// Writes the metrics file when one is configured; a failure is logged,
+/// never turned into a run failure.
+fn write_metrics(warehouse: &Warehouse, config: &Config) {
+    if config.metrics_file.is_none() {
+        return;
+    }
+    let written = pipeline::load_all(&config.pipelines_dir).and_then(|pipelines| {
+        monitor::write_metrics_file(warehouse, config, &pipelines, chrono::Utc::now())
+    });
+    if let Err(e) = written {
+        tracing::warn!("cannot write the metrics file: {e}");
+    }
+}
+
+fn parse_now(value: Option<&str>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match value {
+        None => Ok(chrono::Utc::now()),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| {
+                anyhow::Error::new(Error::Config(format!(
+                    "invalid --now `{text}`: expected a time like 2026-03-29T01:30:00Z"
+                )))
+            }),
+    }
+}
+
+fn run_due(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &RunArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    let now = parse_now(args.now.as_deref())?;
+    let pipelines = pipeline::load_all(&config.pipelines_dir)?;
+    let options = RunOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        skip_gates: args.skip_gates,
+        lease_timeout: chrono::Duration::minutes(config.lease_timeout_minutes as i64),
+        ..Default::default()
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let outcomes = schedule::run_due(warehouse, config, &pipelines, now, &options, &never)?;
+    let mut exit = 0;
+    let mut reports = Vec::new();
+    for (name, outcome) in &outcomes {
+        match outcome {
+            schedule::Outcome::Ran(report) => {
+                if !json_output {
+                    print_run(&report.manifest, report.dry_run);
+                }
+                reports.push(json!({ "pipeline": name, "dry_run": report.dry_run, "manifest": report.manifest }));
+            }
+            schedule::Outcome::Failed { error, manifest } => {
+                exit = EXIT_FAILURE;
+                eprintln!("error: pipeline {name} failed: {error}");
+                reports.push(
+                    json!({ "pipeline": name, "error": error.to_string(), "manifest": manifest }),
+                );
+            }
+            schedule::Outcome::Blocked(manifest) => {
+                exit = EXIT_FAILURE;
+                let reason = manifest.skipped_reason.clone().unwrap_or_default();
+                eprintln!("error: pipeline {name} not run: {reason}");
+                reports
+                    .push(json!({ "pipeline": name, "held_back": reason, "manifest": manifest }));
+            }
+        }
+    }
+    if !args.dry_run {
+        if let Err(e) = monitor::check_health(warehouse, config, &pipelines, now) {
+            tracing::warn!("cannot check the pipelines' health: {e}");
+        }
+        write_metrics(warehouse, config);
+    }
+    if json_output {
+        print_json(&reports)?;
+    } else if outcomes.is_empty() {
+        println!(
+            "no pipeline is due at {}",
+            now.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    } else {
+        let counts = schedule::summarize(&outcomes);
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("{} due pipeline(s): {}", outcomes.len(), parts.join(", "));
+    }
+    Ok(exit)
+}
+
+fn status(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &StatusArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    let now = parse_now(args.now.as_deref())?;
+    let pipelines = pipeline::load_all(&config.pipelines_dir)?;
+    // Checking health here sends the staleness alerts a cron-driven setup
+    // would otherwise never send.
+    let statuses = monitor::check_health(warehouse, config, &pipelines, now)?;
+    write_metrics(warehouse, config);
+    let unhealthy = statuses
+        .iter()
+        .filter(|s| s.health != monitor::Health::Ok)
+        .count();
+    if json_output {
+        print_json(&statuses)?;
+    } else {
+        let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| "never".into())
+        };
+        println!(
+            "{:<20} {:<8} {:<22} {:<30} {:<20} {:<20}",
+            "PIPELINE", "HEALTH", "SCHEDULE", "LAST RUN", "LAST SUCCESS", "NEXT DUE"
+        );
+        for s in &statuses {
+            let schedule = match (&s.schedule, &s.time_zone) {
+                (Some(e), Some(z)) if z != "UTC" => format!("{e} {z}"),
+                (Some(e), _) => e.clone(),
+                (None, _) => "-".into(),
+            };
+            let last = s
+                .last_run
+                .as_ref()
+                .map(|r| format!("{} {}", r.started_at.format("%Y-%m-%d %H:%M"), r.status))
+                .unwrap_or_else(|| "never".into());
+            let next = if s.schedule.is_some() {
+                when(s.next_due_at)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:<20} {:<8} {:<22} {:<30} {:<20} {:<20}",
+                s.pipeline,
+                s.health.name(),
+                schedule,
+                last,
+                when(s.last_success_at),
+                next
+            );
+            if let Some(reason) = &s.reason {
+                println!("  {reason}");
+            }
+        }
+    }
+    Ok(if unhealthy > 0 { EXIT_FAILURE } else { 0 })
+}
+
+fn metrics(warehouse: &Warehouse, config: &Config) -> anyhow::Result<u8> {
+    let pipelines = pipeline::load_all(&config.pipelines_dir)?;
+    let statuses = monitor::statuses(warehouse, &pipelines, chrono::Utc::now())?;
+    print!("{}", monitor::prometheus_text(&statuses));
+    Ok(0)
+}
+
+fn serve(warehouse: &Warehouse, config: &Config, args: &ScheduleArgs) -> anyhow::Result<u8> {
+    // Check the files once up front, so that a broken setup fails at once
+    // instead of in the log of a background service.
+    pipeline::load_all(&config.pipelines_dir)?;
+    let stop = schedule::install_stop_handler();
+    let options = RunOptions {
+        lease_timeout: chrono::Duration::minutes(config.lease_timeout_minutes as i64),
+        ..Default::default()
+    };
+    schedule::serve(
+        warehouse,
+        config,
+        &options,
+        stop,
+        Duration::from_secs(args.check_every.max(1)),
+    )?;
+    Ok(0)
 }
 
 fn print_run(manifest: &Manifest, dry_run: bool) {
@@ -909,4 +1166,81 @@ fn validate(warehouse: &Warehouse, config: &Config, json_output: bool) -> anyhow
     } else {
         Ok(EXIT_USAGE)
     }
+}
+
+fn parse_date(option: &str, value: &str) -> anyhow::Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+        anyhow::Error::new(Error::Config(format!(
+            "invalid {option} `{value}`: expected a date like 1997-09-30"
+        )))
+    })
+}
+
+fn clv_holdout(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &HoldoutArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    use crate::jobs::clv::{self, Params, TimeUnit};
+    let until = parse_date("--until", &args.until)?;
+    let end = args
+        .end
+        .as_deref()
+        .map(|e| parse_date("--end", e))
+        .transpose()?;
+    let (table, unit) = match &args.pipeline {
+        Some(name) => {
+            let pipeline = pipeline::load_named(&config.pipelines_dir, name)?;
+            if pipeline.kind.name != "clv" {
+                bail!(Error::Config(format!(
+                    "pipeline `{name}` is of kind `{}`; --pipeline needs a clv pipeline",
+                    pipeline.kind.name
+                )));
+            }
+            let params: Params = serde_json::from_value(pipeline.params.clone())?;
+            (pipeline.inputs["orders"].clone(), params.time_unit)
+        }
+        None => (args.table.clone(), TimeUnit::Weeks),
+    };
+    let table = existing_table(warehouse, &table)?;
+    let Some(snapshot) = table.latest_snapshot()? else {
+        bail!(Error::TableNotFound(table.name().to_string()));
+    };
+    let report = clv::holdout(table.scan(&snapshot)?, until, end, unit)?;
+    if json_output {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    let bg = &report.bgnbd;
+    println!(
+        "BG/NBD fitted on {} customers through {}: r = {:.4}, alpha = {:.4}, a = {:.4}, b = {:.4}, \
+         log-likelihood {:.1}",
+        report.customers,
+        report.calibration_end,
+        bg["r"].as_f64().unwrap_or(f64::NAN),
+        bg["alpha"].as_f64().unwrap_or(f64::NAN),
+        bg["a"].as_f64().unwrap_or(f64::NAN),
+        bg["b"].as_f64().unwrap_or(f64::NAN),
+        bg["log_likelihood"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "holdout: after {} through {} ({:.2} {})",
+        report.calibration_end, report.holdout_end, report.holdout_length, report.time_unit
+    );
+    println!(
+        "{:>17}  {:>9}  {:>11}  {:>14}",
+        "repeat purchases", "customers", "actual mean", "predicted mean"
+    );
+    for group in &report.groups {
+        println!(
+            "{:>17}  {:>9}  {:>11.3}  {:>14.3}",
+            group.frequency, group.customers, group.actual_mean, group.predicted_mean
+        );
+    }
+    println!(
+        "total purchases in the holdout: actual {:.0}, predicted {:.1}",
+        report.actual_total, report.predicted_total
+    );
+    Ok(0)
 }

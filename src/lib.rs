@@ -2,16 +2,21 @@
 //! versioned Delta Lake tables in object storage.
 
 pub mod cli;
+pub mod clv;
 pub mod config;
 pub mod delta;
+pub mod enrich;
 pub mod error;
 pub mod generate;
 pub mod ingest;
 pub mod jobs;
 pub mod lease;
 pub mod manifest;
+pub mod monitor;
+pub mod notify;
 pub mod pipeline;
 pub mod runner;
+pub mod schedule;
 pub mod schema;
 pub mod warehouse;
 

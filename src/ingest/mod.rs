@@ -9,7 +9,7 @@
 //! accepted plus rows rejected. A file that is empty, truncated or not of
 //! its format fails the whole ingest, and nothing is committed.
 
-mod convert;
+pub(crate) mod convert;
 mod read;
 
 use std::collections::{BTreeMap, HashMap};

@@ -4,6 +4,8 @@
 //! and turns pinned input snapshots into output frames. It never commits:
 //! the runner gates and commits what the job returns.
 
+pub mod clv;
+pub mod enrichment;
 pub mod suppression;
 
 use std::collections::BTreeMap;
@@ -40,7 +42,7 @@ pub struct KindSpec {
 }
 
 /// Every job kind this build has.
-pub const KINDS: &[&KindSpec] = &[&suppression::SPEC];
+pub const KINDS: &[&KindSpec] = &[&suppression::SPEC, &clv::SPEC, &enrichment::SPEC];
 
 /// Returns the job kind named `name`.
 pub fn kind(name: &str) -> Option<&'static KindSpec> {
@@ -108,6 +110,8 @@ pub struct JobContext {
     pub inputs: BTreeMap<String, PinnedInput>,
     pub outputs: BTreeMap<String, PinnedOutput>,
     pub last_success: Option<Manifest>,
+    /// True for a dry run: the job must not call paid or outside services.
+    pub dry_run: bool,
 }
 
 impl JobContext {
@@ -150,6 +154,10 @@ pub struct JobResult {
     /// The input versions read only in part, by role: the version after
     /// which files were read.
     pub incremental_from: BTreeMap<String, u64>,
+    /// Fails the run after its outputs commit: for jobs whose partial
+    /// results must be kept (such as paid API answers), yet whose run must
+    /// still count as failed and alert.
+    pub fail_after_commit: Option<String>,
 }
 
 /// Checks that a parameter names a relative path inside the warehouse,

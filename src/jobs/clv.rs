@@ -1,0 +1,1077 @@
+//! Job kind `clv`: customer lifetime value.
+//!
+//! Reads the orders table and writes one row per customer to
+//! `clv`: historic value over configurable windows, RFM scores
+//! and segments, and the predictions of the BG/NBD model (Fader, Hardie and
+//! Lee 2005) for purchases and of the Gamma-Gamma model (Fader and Hardie
+//! 2013) for order value, combined into a discounted CLV.
+//!
+//! Orders count when their status is neither `refunded` nor `cancelled`
+//! and they were placed at or before the as-of time. The models see one
+//! transaction per customer per day (UTC): orders of one day are merged and
+//! their amounts added, as in the paper. Time runs in the model's unit (weeks by
+//! default): a customer's frequency is the number of transaction days after
+//! the first, recency the time from the first to the last, and age the time
+//! from the first to the as-of date.
+//!
+//! One-time buyers (frequency 0) form their own cohort, `new` or
+//! `one_time`: the model gives them a probability alive of 1 by
+//! construction, which says nothing, so the column is null for them and so
+//! is their churn risk. Their expected purchases and CLV are still given.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role};
+use crate::clv::model::{self, BgNbd, GammaGamma};
+use crate::delta::WriteMode;
+use crate::error::{Error, Result};
+
+pub const SPEC: KindSpec = KindSpec {
+    name: "clv",
+    description: "historic value, RFM segments and BG/NBD and Gamma-Gamma predictions per customer",
+    inputs: &[Role {
+        name: "orders",
+        default_table: "orders",
+        description: "orders, one row per order",
+    }],
+    outputs: &[Role {
+        name: "values",
+        default_table: "clv",
+        description: "one row per customer with a counted order",
+    }],
+    validate_params,
+    run,
+};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// The unit of time of the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    Days,
+    Weeks,
+}
+
+impl TimeUnit {
+    /// Days per unit.
+    pub fn days(self) -> f64 {
+        match self {
+            TimeUnit::Days => 1.0,
+            TimeUnit::Weeks => 7.0,
+        }
+    }
+
+    /// Units per month in the CLV sum: 30 days, or 4.345 weeks.
+    pub fn per_month(self) -> f64 {
+        match self {
+            TimeUnit::Days => 30.0,
+            TimeUnit::Weeks => 4.345,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Days => "days",
+            TimeUnit::Weeks => "weeks",
+        }
+    }
+}
+
+/// A named RFM segment: a SQL boolean expression over the output's columns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub name: String,
+    pub rule: String,
+}
+
+/// Parameters of the `clv` job kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// The end of the calibration period: a date (the whole day counts) or
+    /// a timestamp. Orders after it are ignored. Default: the run's start.
+    pub as_of: Option<String>,
+    /// The models' unit of time.
+    pub time_unit: TimeUnit,
+    /// The prediction horizon, in `time_unit`s.
+    pub horizon: f64,
+    /// Discount rate per month for the CLV.
+    pub monthly_discount_rate: f64,
+    /// Revenue windows, in days before the as-of time; each gives a column
+    /// `revenue_<N>d`.
+    pub revenue_windows_days: Vec<u32>,
+    /// Predictions need at least this many customers with a repeat
+    /// purchase and a positive repeat value.
+    pub min_repeat_customers: usize,
+    /// Predictions need at least this many days between the first order
+    /// and the as-of date.
+    pub min_history_days: u32,
+    /// One-time buyers whose order is younger than this many days are
+    /// `new`, older ones `one_time`.
+    pub new_customer_days: u32,
+    /// Probability alive below which churn risk is `high`.
+    pub churn_risk_high_below: f64,
+    /// Probability alive at or above which churn risk is `low`.
+    pub churn_risk_low_above: f64,
+    /// RFM segments, the first matching rule wins.
+    pub segments: Vec<Segment>,
+    /// The segment of customers no rule matches.
+    pub default_segment: String,
+    /// Writes the output as CSV to this path under the warehouse root.
+    pub export_csv: Option<String>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        let segment = |name: &str, rule: &str| Segment {
+            name: name.into(),
+            rule: rule.into(),
+        };
+        Self {
+            as_of: None,
+            time_unit: TimeUnit::Weeks,
+            horizon: 52.0,
+            monthly_discount_rate: 0.01,
+            revenue_windows_days: vec![90, 365],
+            min_repeat_customers: 30,
+            min_history_days: 90,
+            new_customer_days: 90,
+            churn_risk_high_below: 0.3,
+            churn_risk_low_above: 0.7,
+            segments: vec![
+                segment(
+                    "champions",
+                    "r_score >= 4 AND f_score >= 4 AND m_score >= 4",
+                ),
+                segment("loyal", "r_score >= 3 AND f_score >= 4"),
+                segment("new", "r_score >= 4 AND orders = 1"),
+                segment("at_risk", "r_score <= 2 AND f_score >= 3"),
+                segment("hibernating", "r_score <= 2"),
+            ],
+            default_segment: "needs_attention".into(),
+            export_csv: None,
+        }
+    }
+}
+
+/// The columns a segment rule may use.
+const SEGMENT_COLUMNS: [(&str, DataType); 7] = [
+    ("r_score", DataType::Int32),
+    ("f_score", DataType::Int32),
+    ("m_score", DataType::Int32),
+    ("orders", DataType::Int64),
+    ("revenue_lifetime", DataType::Float64),
+    ("recency_days", DataType::Int64),
+    ("average_order_value", DataType::Float64),
+];
+
+fn segment_columns_frame() -> DataFrame {
+    let columns = SEGMENT_COLUMNS
+        .iter()
+        .map(|(name, dtype)| Column::new_empty((*name).into(), dtype))
+        .collect();
+    DataFrame::new(0, columns).expect("empty columns of one height")
+}
+
+fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
+    let value = super::parse_params::<Params>(params)?;
+    let parsed: Params = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    if let Some(as_of) = &parsed.as_of {
+        AsOf::parse(as_of)?;
+    }
+    if !(parsed.horizon.is_finite() && parsed.horizon > 0.0) {
+        return Err(format!(
+            "horizon must be a positive number of {}, got {}",
+            parsed.time_unit.name(),
+            parsed.horizon
+        ));
+    }
+    if !(0.0..1.0).contains(&parsed.monthly_discount_rate) {
+        return Err(format!(
+            "monthly_discount_rate must be at least 0 and below 1 (0.01 is 1% a month), got {}",
+            parsed.monthly_discount_rate
+        ));
+    }
+    let (high, low) = (parsed.churn_risk_high_below, parsed.churn_risk_low_above);
+    if !(0.0 <= high && high <= low && low <= 1.0) {
+        return Err(format!(
+            "churn risk thresholds need 0 <= churn_risk_high_below <= churn_risk_low_above <= 1, \
+             got {high} and {low}"
+        ));
+    }
+    if parsed.revenue_windows_days.contains(&0) {
+        return Err("revenue_windows_days must be positive numbers of days".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for segment in &parsed.segments {
+        if segment.name.trim().is_empty() || !names.insert(segment.name.as_str()) {
+            return Err(format!(
+                "segment names must be unique and not empty; `{}` is not",
+                segment.name
+            ));
+        }
+        let _ = check_rule(segment)?;
+    }
+    if let Some(path) = &parsed.export_csv {
+        super::check_relative_path("export_csv", path)?;
+    }
+    Ok(value)
+}
+
+/// Checks that a segment rule parses and names known columns.
+fn check_rule(segment: &Segment) -> std::result::Result<Expr, String> {
+    let available = SEGMENT_COLUMNS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let expr = polars::sql::sql_expr(&segment.rule).map_err(|e| {
+        format!(
+            "segment `{}` has an invalid rule `{}`: {e}",
+            segment.name, segment.rule
+        )
+    })?;
+    segment_columns_frame()
+        .lazy()
+        .filter(expr.clone())
+        .collect()
+        .map_err(|e| {
+            format!(
+                "segment `{}` rule `{}` does not apply: {e}; the columns are: {available}",
+                segment.name, segment.rule
+            )
+        })?;
+    Ok(expr)
+}
+
+/// The end of the calibration period.
+#[derive(Debug, Clone, Copy)]
+pub struct AsOf {
+    /// Orders before this instant count (microseconds since the epoch).
+    pub end_micros: i64,
+    /// The day of the as-of time, in days since the epoch.
+    pub day: i64,
+}
+
+impl AsOf {
+    /// Parses a date (the whole day counts) or a timestamp.
+    pub fn parse(value: &str) -> std::result::Result<Self, String> {
+        if let Ok(date) = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d") {
+            return Ok(Self::end_of_day(date));
+        }
+        match crate::ingest::convert::parse_timestamp(value.trim()) {
+            Some(micros) => Ok(Self::at(micros)),
+            None => Err(format!(
+                "as_of `{value}` is neither a date nor a timestamp; write 1997-09-30 or \
+                 1997-09-30T23:59:59Z"
+            )),
+        }
+    }
+
+    /// Every order of `date` counts.
+    pub fn end_of_day(date: NaiveDate) -> Self {
+        let day = date
+            .signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date"))
+            .num_days();
+        Self {
+            end_micros: (day + 1) * MICROS_PER_DAY,
+            day,
+        }
+    }
+
+    /// Orders at or before `micros` count.
+    pub fn at(micros: i64) -> Self {
+        Self {
+            end_micros: micros + 1,
+            day: micros.div_euclid(MICROS_PER_DAY),
+        }
+    }
+
+    fn from_time(time: DateTime<Utc>) -> Self {
+        Self::at(time.timestamp_micros())
+    }
+
+    fn date(self) -> NaiveDate {
+        NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+            + chrono::Days::new(self.day as u64)
+    }
+}
+
+/// Orders that count for value: placed before `end_micros`, not refunded or
+/// cancelled, with their day number in `day`.
+pub fn counted_orders(orders: LazyFrame, end_micros: i64) -> LazyFrame {
+    let status = col("status");
+    let counts = status.clone().is_null().or(status
+        .clone()
+        .neq(lit("refunded"))
+        .and(status.neq(lit("cancelled"))));
+    orders
+        .select([
+            col("contact_id"),
+            col("ordered_at"),
+            col("amount"),
+            col("status"),
+        ])
+        .filter(col("ordered_at").cast(DataType::Int64).lt(lit(end_micros)))
+        .filter(counts)
+        .with_column(
+            col("ordered_at")
+                .cast(DataType::Int64)
+                .floor_div(lit(MICROS_PER_DAY))
+                .alias("day"),
+        )
+}
+
+/// Per-customer transaction days: the first and last day, the number of
+/// days, and the total and first-day value.
+pub fn transaction_days(counted: LazyFrame) -> LazyFrame {
+    counted
+        .group_by([col("contact_id"), col("day")])
+        .agg([col("amount").sum().alias("value")])
+        .group_by([col("contact_id")])
+        .agg([
+            col("day").min().alias("first_day"),
+            col("day").max().alias("last_day"),
+            len().cast(DataType::Int64).alias("purchase_days"),
+            col("value").sum().alias("total_value"),
+            col("value")
+                .sort_by([col("day")], SortMultipleOptions::default())
+                .first()
+                .alias("first_value"),
+        ])
+}
+
+/// The models' view of customers, in the model's unit of time.
+#[derive(Debug, Default, Clone)]
+pub struct ModelInputs {
+    pub frequency: Vec<f64>,
+    pub recency: Vec<f64>,
+    pub age: Vec<f64>,
+    /// Mean value of the repeat transactions; 0 for one-time buyers.
+    pub repeat_value: Vec<f64>,
+}
+
+impl ModelInputs {
+    /// Builds the inputs from the columns of [`transaction_days`].
+    fn from_days(
+        first_day: &[Option<i64>],
+        last_day: &[Option<i64>],
+        purchase_days: &[Option<i64>],
+        total_value: &[Option<f64>],
+        first_value: &[Option<f64>],
+        as_of_day: i64,
+        unit: TimeUnit,
+    ) -> Self {
+        let n = first_day.len();
+        let mut inputs = ModelInputs {
+            frequency: Vec::with_capacity(n),
+            recency: Vec::with_capacity(n),
+            age: Vec::with_capacity(n),
+            repeat_value: Vec::with_capacity(n),
+        };
+        let days = unit.days();
+        for i in 0..n {
+            let (Some(first), Some(last), Some(count)) =
+                (first_day[i], last_day[i], purchase_days[i])
+            else {
+                continue;
+            };
+            let x = (count - 1) as f64;
+            inputs.frequency.push(x);
+            inputs.recency.push((last - first) as f64 / days);
+            inputs.age.push((as_of_day - first) as f64 / days);
+            let repeat = if count > 1 {
+                (total_value[i].unwrap_or(0.0) - first_value[i].unwrap_or(0.0)) / x
+            } else {
+                0.0
+            };
+            inputs.repeat_value.push(repeat);
+        }
+        inputs
+    }
+}
+
+/// Fitted models with the figures the manifest records.
+#[derive(Debug, Clone)]
+pub struct FittedModels {
+    pub bgnbd: model::Fit<BgNbd>,
+    pub gamma_gamma: model::Fit<GammaGamma>,
+    pub gamma_gamma_customers: usize,
+    pub excluded_nonpositive: usize,
+}
+
+/// Why predictions were not made, when the data is too thin.
+pub fn prediction_gate(inputs: &ModelInputs, params: &Params) -> Option<String> {
+    let repeat = inputs
+        .frequency
+        .iter()
+        .zip(&inputs.repeat_value)
+        .filter(|(x, m)| **x > 0.0 && **m > 0.0)
+        .count();
+    if repeat < params.min_repeat_customers {
+        return Some(format!(
+            "{repeat} customers have a repeat purchase with a positive value; predictions need \
+             at least {} (min_repeat_customers)",
+            params.min_repeat_customers
+        ));
+    }
+    let history_days = inputs.age.iter().fold(0.0f64, |a, b| a.max(*b)) * params.time_unit.days();
+    if history_days < f64::from(params.min_history_days) {
+        return Some(format!(
+            "the orders span {history_days:.0} days before the as-of date; predictions need at \
+             least {} days (min_history_days)",
+            params.min_history_days
+        ));
+    }
+    None
+}
+
+/// Fits BG/NBD on every customer and Gamma-Gamma on the repeat buyers with
+/// a positive repeat value.
+pub fn fit_models(inputs: &ModelInputs) -> Result<FittedModels> {
+    let bgnbd = model::fit_bgnbd(&inputs.frequency, &inputs.recency, &inputs.age)
+        .map_err(|e| Error::Data(format!("the BG/NBD fit failed: {e}")))?;
+    let mut frequency = Vec::new();
+    let mut value = Vec::new();
+    let mut excluded_nonpositive = 0;
+    for (x, m) in inputs.frequency.iter().zip(&inputs.repeat_value) {
+        if *x > 0.0 {
+            if *m > 0.0 {
+                frequency.push(*x);
+                value.push(*m);
+            } else {
+                excluded_nonpositive += 1;
+            }
+        }
+    }
+    let gamma_gamma = model::fit_gamma_gamma(&frequency, &value)
+        .map_err(|e| Error::Data(format!("the Gamma-Gamma fit failed: {e}")))?;
+    Ok(FittedModels {
+        bgnbd,
+        gamma_gamma,
+        gamma_gamma_customers: frequency.len(),
+        excluded_nonpositive,
+    })
+}
+
+/// Per-customer predictions.
+#[derive(Debug, Default)]
+struct Predictions {
+    probability_alive: Vec<Option<f64>>,
+    expected_purchases: Vec<f64>,
+    expected_order_value: Vec<f64>,
+    clv: Vec<f64>,
+}
+
+/// Discounted CLV over the horizon of `params`: monthly steps of
+/// `time_unit.per_month()` units, the last one shortened to end at the
+/// horizon, each discounted by `(1 + monthly_discount_rate)^months`.
+pub fn discounted_clv(model: &BgNbd, x: f64, t_x: f64, t: f64, value: f64, params: &Params) -> f64 {
+    let (horizon, monthly_discount_rate) = (params.horizon, params.monthly_discount_rate);
+    let step = params.time_unit.per_month();
+    let mut total = 0.0;
+    let mut previous_time = 0.0;
+    let mut previous = 0.0;
+    let mut month = 1.0f64;
+    while previous_time < horizon {
+        let time = (month * step).min(horizon);
+        let expected = model.conditional_expected_purchases(time, x, t_x, t);
+        let discount = (1.0 + monthly_discount_rate).powf(time / step);
+        total += value * (expected - previous) / discount;
+        previous = expected;
+        previous_time = time;
+        month += 1.0;
+    }
+    total
+}
+
+fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Result<Predictions> {
+    let bg = models.bgnbd.params;
+    let gg = models.gamma_gamma.params;
+    let rows: Vec<(Option<f64>, f64, f64, f64)> = (0..inputs.frequency.len())
+        .into_par_iter()
+        .map(|i| {
+            let (x, t_x, t) = (inputs.frequency[i], inputs.recency[i], inputs.age[i]);
+            let alive = (x > 0.0).then(|| bg.probability_alive(x, t_x, t));
+            let purchases = bg.conditional_expected_purchases(params.horizon, x, t_x, t);
+            let m = inputs.repeat_value[i];
+            let value = if x > 0.0 && m > 0.0 {
+                gg.conditional_expected_value(x, m)
+            } else {
+                gg.conditional_expected_value(0.0, 0.0)
+            };
+            let clv = discounted_clv(&bg, x, t_x, t, value, params);
+            (alive, purchases, value, clv)
+        })
+        .collect();
+    let mut predictions = Predictions::default();
+    for (i, (alive, purchases, value, clv)) in rows.into_iter().enumerate() {
+        let finite = alive.is_none_or(f64::is_finite)
+            && purchases.is_finite()
+            && value.is_finite()
+            && clv.is_finite();
+        if !finite {
+            return Err(Error::Data(format!(
+                "the models gave a non-finite prediction for a customer with frequency {}, \
+                 recency {:.2} and age {:.2}; no prediction is written",
+                inputs.frequency[i], inputs.recency[i], inputs.age[i]
+            )));
+        }
+        predictions.probability_alive.push(alive);
+        predictions.expected_purchases.push(purchases);
+        predictions.expected_order_value.push(value);
+        predictions.clv.push(clv);
+    }
+    Ok(predictions)
+}
+
+/// Quintile scores 1 to 5: a value's score is 1 + 5 * (the share of values
+/// below it), rounded down, so equal values share a score and higher
+/// values never score lower.
+pub fn quintile_scores(values: &[f64]) -> Vec<i32> {
+    let n = values.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.par_sort_unstable_by(|a, b| values[*a].total_cmp(&values[*b]));
+    let mut scores = vec![0i32; n];
+    let mut below = 0usize;
+    for (position, &index) in order.iter().enumerate() {
+        if position > 0 && values[order[position - 1]] < values[index] {
+            below = position;
+        }
+        scores[index] = 1 + ((5 * below) / n.max(1)) as i32;
+    }
+    scores
+}
+
+fn column_i64(frame: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
+    Ok(frame
+        .column(name)?
+        .cast(&DataType::Int64)?
+        .i64()?
+        .iter()
+        .collect())
+}
+
+fn column_f64(frame: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
+    Ok(frame
+        .column(name)?
+        .cast(&DataType::Float64)?
+        .f64()?
+        .iter()
+        .collect())
+}
+
+/// Historic value per customer, joined with the transaction days.
+fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<DataFrame> {
+    let counted = counted_orders(orders, as_of.end_micros);
+    let micros = || col("ordered_at").cast(DataType::Int64);
+    let mut aggregations = vec![
+        col("ordered_at").min().alias("first_order_at"),
+        col("ordered_at").max().alias("last_order_at"),
+        len().cast(DataType::Int64).alias("orders"),
+        col("amount").sum().alias("revenue_lifetime"),
+    ];
+    for days in &params.revenue_windows_days {
+        let since = as_of.end_micros - i64::from(*days) * MICROS_PER_DAY;
+        aggregations.push(
+            col("amount")
+                .filter(micros().gt_eq(lit(since)))
+                .sum()
+                .alias(format!("revenue_{days}d")),
+        );
+    }
+    let historic = counted
+        .clone()
+        .group_by([col("contact_id")])
+        .agg(aggregations);
+    let joined = historic
+        .join(
+            transaction_days(counted),
+            [col("contact_id")],
+            [col("contact_id")],
+            JoinArgs::new(JoinType::Left),
+        )
+        .sort(["contact_id"], SortMultipleOptions::default());
+    super::collect_streaming(joined)
+}
+
+fn run(ctx: &JobContext) -> Result<JobResult> {
+    let params: Params = serde_json::from_value(ctx.params.clone())?;
+    let as_of = match &params.as_of {
+        Some(value) => AsOf::parse(value).map_err(Error::Config)?,
+        None => AsOf::from_time(ctx.started_at),
+    };
+    let input = ctx.input("orders");
+    let orders = input.table.scan(&input.snapshot)?;
+    let mut timer = PhaseTimer::default();
+    let frame = customer_frame(orders, as_of, &params)?;
+    timer.lap("aggregate");
+    let mut result = JobResult::default();
+    let metrics = &mut result.metrics;
+    metrics.insert("as_of".into(), Value::from(as_of.date().to_string()));
+    metrics.insert("time_unit".into(), Value::from(params.time_unit.name()));
+    metrics.insert("horizon".into(), Value::from(params.horizon));
+    metrics.insert("customers".into(), Value::from(frame.height()));
+
+    // The customers with a transaction day, in the frame's order.
+    let first_day = column_i64(&frame, "first_day")?;
+    let has_days: Vec<bool> = first_day.iter().map(Option::is_some).collect();
+    let inputs = ModelInputs::from_days(
+        &first_day,
+        &column_i64(&frame, "last_day")?,
+        &column_i64(&frame, "purchase_days")?,
+        &column_f64(&frame, "total_value")?,
+        &column_f64(&frame, "first_value")?,
+        as_of.day,
+        params.time_unit,
+    );
+    let repeat = inputs.frequency.iter().filter(|x| **x > 0.0).count();
+    metrics.insert("repeat_customers".into(), Value::from(repeat));
+    metrics.insert(
+        "one_time_customers".into(),
+        Value::from(inputs.frequency.len() - repeat),
+    );
+
+    let predictions = match prediction_gate(&inputs, &params) {
+        Some(reason) => {
+            tracing::warn!(pipeline = %ctx.pipeline, "predictions skipped: {reason}");
+            metrics.insert("predictions".into(), Value::from("skipped"));
+            metrics.insert("predictions_skipped_reason".into(), Value::from(reason));
+            None
+        }
+        None => {
+            let models = fit_models(&inputs)?;
+            timer.lap("fit");
+            let predictions = predict(&inputs, &models, &params)?;
+            timer.lap("predict");
+            metrics.insert("predictions".into(), Value::from("made"));
+            metrics.insert(
+                "bgnbd".into(),
+                bgnbd_json(&models.bgnbd, inputs.frequency.len()),
+            );
+            let gg = &models.gamma_gamma;
+            metrics.insert(
+                "gamma_gamma".into(),
+                json!({
+                    "p": gg.params.p,
+                    "q": gg.params.q,
+                    "v": gg.params.v,
+                    "log_likelihood": gg.log_likelihood,
+                    "iterations": gg.iterations,
+                    "customers": models.gamma_gamma_customers,
+                    "excluded_nonpositive_value": models.excluded_nonpositive,
+                }),
+            );
+            metrics.insert(
+                "total_clv".into(),
+                Value::from(predictions.clv.iter().sum::<f64>()),
+            );
+            Some(predictions)
+        }
+    };
+    let values = build_output(&frame, &has_days, &inputs, predictions, as_of, &params, ctx)?;
+    timer.lap("rfm_and_output");
+    metrics.insert("segments".into(), count_by(&values, "rfm_segment")?);
+    metrics.insert("cohorts".into(), count_by(&values, "cohort")?);
+    metrics.insert("seconds".into(), timer.into_json());
+
+    if let Some(path) = &params.export_csv {
+        result.exports.push(Export {
+            path: path.clone(),
+            frame: values.clone(),
+        });
+    }
+    result.outputs.push(OutputFrame {
+        role: "values".into(),
+        frame: values,
+        mode: WriteMode::Overwrite,
+        key: Some("contact_id".into()),
+    });
+    Ok(result)
+}
+
+fn bgnbd_json(fit: &model::Fit<BgNbd>, customers: usize) -> Value {
+    json!({
+        "r": fit.params.r,
+        "alpha": fit.params.alpha,
+        "a": fit.params.a,
+        "b": fit.params.b,
+        "log_likelihood": fit.log_likelihood,
+        "iterations": fit.iterations,
+        "customers": customers,
+    })
+}
+
+/// Spreads values of the customers with transaction days over every row.
+fn spread<T: Clone>(has_days: &[bool], values: &[T], missing: T) -> Vec<T> {
+    let mut next = values.iter();
+    has_days
+        .iter()
+        .map(|has| {
+            if *has {
+                next.next().cloned().unwrap_or(missing.clone())
+            } else {
+                missing.clone()
+            }
+        })
+        .collect()
+}
+
+fn build_output(
+    frame: &DataFrame,
+    has_days: &[bool],
+    inputs: &ModelInputs,
+    predictions: Option<Predictions>,
+    as_of: AsOf,
+    params: &Params,
+    ctx: &JobContext,
+) -> Result<DataFrame> {
+    let height = frame.height();
+    let orders = column_i64(frame, "orders")?;
+    let revenue = column_f64(frame, "revenue_lifetime")?;
+    let last_day: Vec<Option<i64>> = column_i64(frame, "last_order_at")?
+        .into_iter()
+        .map(|t| t.map(|micros| micros.div_euclid(MICROS_PER_DAY)))
+        .collect();
+    let recency_days: Vec<Option<i64>> =
+        last_day.iter().map(|d| d.map(|d| as_of.day - d)).collect();
+
+    let recency_score = quintile_scores(
+        &recency_days
+            .iter()
+            .map(|d| -(d.unwrap_or(i64::MAX / 2) as f64))
+            .collect::<Vec<_>>(),
+    );
+    let frequency_score = quintile_scores(
+        &orders
+            .iter()
+            .map(|o| o.unwrap_or(0) as f64)
+            .collect::<Vec<_>>(),
+    );
+    let monetary_score =
+        quintile_scores(&revenue.iter().map(|r| r.unwrap_or(0.0)).collect::<Vec<_>>());
+
+    let first_day = column_i64(frame, "first_day")?;
+    let frequency = spread(
+        has_days,
+        &inputs
+            .frequency
+            .iter()
+            .map(|v| Some(*v))
+            .collect::<Vec<_>>(),
+        None,
+    );
+    let new_days = i64::from(params.new_customer_days);
+    let cohort: Vec<&str> = frequency
+        .iter()
+        .zip(&first_day)
+        .map(|(x, first)| match (x, first) {
+            (Some(x), _) if *x > 0.0 => "repeat",
+            (Some(_), Some(first)) if as_of.day - first < new_days => "new",
+            (Some(_), _) => "one_time",
+            (None, _) => "unknown",
+        })
+        .collect();
+
+    let some = |v: &[f64]| v.iter().map(|x| Some(*x)).collect::<Vec<_>>();
+    let (alive, purchases, value, clv) = match &predictions {
+        Some(p) => (
+            spread(has_days, &p.probability_alive, None),
+            spread(has_days, &some(&p.expected_purchases), None),
+            spread(has_days, &some(&p.expected_order_value), None),
+            spread(has_days, &some(&p.clv), None),
+        ),
+        None => (
+            vec![None; height],
+            vec![None; height],
+            vec![None; height],
+            vec![None; height],
+        ),
+    };
+    let churn: Vec<Option<&str>> = alive
+        .iter()
+        .map(|p| {
+            p.map(|p| {
+                if p < params.churn_risk_high_below {
+                    "high"
+                } else if p >= params.churn_risk_low_above {
+                    "low"
+                } else {
+                    "medium"
+                }
+            })
+        })
+        .collect();
+
+    let mut columns: Vec<Column> = vec![
+        frame.column("contact_id")?.clone(),
+        frame.column("first_order_at")?.clone(),
+        frame.column("last_order_at")?.clone(),
+        frame.column("orders")?.clone(),
+        frame.column("revenue_lifetime")?.clone(),
+    ];
+    for days in &params.revenue_windows_days {
+        columns.push(frame.column(&format!("revenue_{days}d"))?.clone());
+    }
+    let first_at = column_i64(frame, "first_order_at")?;
+    let last_at = column_i64(frame, "last_order_at")?;
+    let average_order_value: Vec<Option<f64>> = revenue
+        .iter()
+        .zip(&orders)
+        .map(|(r, o)| match (r, o) {
+            (Some(r), Some(o)) if *o > 0 => Some(r / *o as f64),
+            _ => None,
+        })
+        .collect();
+    let between: Vec<Option<f64>> = (0..height)
+        .map(|i| match (first_at[i], last_at[i], orders[i]) {
+            (Some(first), Some(last), Some(n)) if n > 1 => {
+                Some((last - first) as f64 / MICROS_PER_DAY as f64 / (n - 1) as f64)
+            }
+            _ => None,
+        })
+        .collect();
+    let spread_input = |v: &[f64]| spread(has_days, &some(v), None);
+    columns.extend([
+        Column::new("average_order_value".into(), average_order_value),
+        Column::new("avg_days_between_orders".into(), between),
+        Column::new("recency_days".into(), recency_days),
+        Column::new("r_score".into(), recency_score),
+        Column::new("f_score".into(), frequency_score),
+        Column::new("m_score".into(), monetary_score),
+        Column::new("cohort".into(), cohort),
+        Column::new("frequency".into(), frequency),
+        Column::new("recency".into(), spread_input(&inputs.recency)),
+        Column::new("age".into(), spread_input(&inputs.age)),
+        Column::new("probability_alive".into(), alive),
+        Column::new("expected_purchases".into(), purchases),
+        Column::new("expected_order_value".into(), value),
+        Column::new("clv".into(), clv),
+        Column::new("churn_risk".into(), churn),
+    ]);
+    let mut out = DataFrame::new(height, columns)?;
+
+    // Segments: the first matching rule, in the order of the pipeline file.
+    let mut segment = lit(params.default_segment.clone());
+    for rule in params.segments.iter().rev() {
+        let expr = check_rule(rule).map_err(Error::Config)?;
+        segment = when(expr.fill_null(lit(false)))
+            .then(lit(rule.name.clone()))
+            .otherwise(segment);
+    }
+    out = out
+        .lazy()
+        .with_columns([
+            segment.alias("rfm_segment"),
+            lit(as_of.date().to_string()).alias("as_of"),
+            lit(ctx.run_id.clone()).alias("run_id"),
+        ])
+        .collect()?;
+    Ok(out)
+}
+
+fn count_by(frame: &DataFrame, column: &str) -> Result<Value> {
+    let counts = frame
+        .clone()
+        .lazy()
+        .group_by([col(column)])
+        .agg([len().cast(DataType::Int64).alias("n")])
+        .sort([column], SortMultipleOptions::default())
+        .collect()?;
+    let mut map = Map::new();
+    let names = counts.column(column)?.str()?.clone();
+    let ns = counts.column("n")?.i64()?.clone();
+    for (name, n) in names.iter().zip(ns.iter()) {
+        map.insert(
+            name.unwrap_or("null").to_string(),
+            Value::from(n.unwrap_or(0)),
+        );
+    }
+    Ok(Value::Object(map))
+}
+
+/// One row of the holdout comparison: customers with a given number of
+/// repeat purchases in calibration.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldoutGroup {
+    /// `0`, `1`, ..., or `7+`.
+    pub frequency: String,
+    pub customers: usize,
+    pub actual_mean: f64,
+    pub predicted_mean: f64,
+}
+
+/// Predicted against actual purchases in a holdout period.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldoutReport {
+    pub calibration_end: String,
+    pub holdout_end: String,
+    pub holdout_length: f64,
+    pub time_unit: &'static str,
+    pub customers: usize,
+    pub bgnbd: Value,
+    pub actual_total: f64,
+    pub predicted_total: f64,
+    pub groups: Vec<HoldoutGroup>,
+}
+
+/// Fits BG/NBD on the orders through `until` (the calibration period) and
+/// compares its predictions with the purchases made after it, through
+/// `end` (default: the last order). Only customers whose first purchase
+/// falls in the calibration period take part.
+pub fn holdout(
+    orders: LazyFrame,
+    until: NaiveDate,
+    end: Option<NaiveDate>,
+    unit: TimeUnit,
+) -> Result<HoldoutReport> {
+    let calibration = AsOf::end_of_day(until);
+    let all = counted_orders(orders, i64::MAX);
+    let days = all
+        .group_by([col("contact_id"), col("day")])
+        .agg([col("amount").sum().alias("value")])
+        .collect()?;
+    let last_order_day = days
+        .column("day")?
+        .as_materialized_series()
+        .max::<i64>()?
+        .ok_or_else(|| Error::Data("the orders table has no counted order".into()))?;
+    let end = match end {
+        Some(date) => AsOf::end_of_day(date),
+        None => AsOf {
+            end_micros: (last_order_day + 1) * MICROS_PER_DAY,
+            day: last_order_day,
+        },
+    };
+    if end.day <= calibration.day {
+        return Err(Error::Config(format!(
+            "the holdout period is empty: the calibration ends {} and the holdout {}; give \
+             --until a date before the last order",
+            calibration.date(),
+            end.date()
+        )));
+    }
+    let per_customer = days
+        .lazy()
+        .filter(col("day").lt_eq(lit(end.day)))
+        .group_by([col("contact_id")])
+        .agg([
+            col("day").min().alias("first_day"),
+            col("day")
+                .filter(col("day").lt_eq(lit(calibration.day)))
+                .max()
+                .alias("last_day"),
+            col("day")
+                .filter(col("day").lt_eq(lit(calibration.day)))
+                .len()
+                .cast(DataType::Int64)
+                .alias("calibration_days"),
+            col("day")
+                .filter(col("day").gt(lit(calibration.day)))
+                .len()
+                .cast(DataType::Int64)
+                .alias("holdout_days"),
+        ])
+        .filter(col("first_day").lt_eq(lit(calibration.day)))
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    let first = column_i64(&per_customer, "first_day")?;
+    let last = column_i64(&per_customer, "last_day")?;
+    let count = column_i64(&per_customer, "calibration_days")?;
+    let holdout_days = column_i64(&per_customer, "holdout_days")?;
+    let days_per_unit = unit.days();
+    let mut x = Vec::with_capacity(first.len());
+    let mut t_x = Vec::with_capacity(first.len());
+    let mut t = Vec::with_capacity(first.len());
+    for i in 0..first.len() {
+        let (Some(f), Some(l), Some(c)) = (first[i], last[i], count[i]) else {
+            continue;
+        };
+        x.push((c - 1) as f64);
+        t_x.push((l - f) as f64 / days_per_unit);
+        t.push((calibration.day - f) as f64 / days_per_unit);
+    }
+    if x.is_empty() {
+        return Err(Error::Data(format!(
+            "no customer made a first purchase on or before {}",
+            calibration.date()
+        )));
+    }
+    let fit = model::fit_bgnbd(&x, &t_x, &t)
+        .map_err(|e| Error::Data(format!("the BG/NBD fit failed: {e}")))?;
+    let length = (end.day - calibration.day) as f64 / days_per_unit;
+    let mut groups: BTreeMap<usize, (usize, f64, f64)> = BTreeMap::new();
+    let (mut actual_total, mut predicted_total) = (0.0, 0.0);
+    for i in 0..x.len() {
+        let predicted = fit
+            .params
+            .conditional_expected_purchases(length, x[i], t_x[i], t[i]);
+        let actual = holdout_days[i].unwrap_or(0) as f64;
+        actual_total += actual;
+        predicted_total += predicted;
+        let group = groups.entry((x[i] as usize).min(7)).or_default();
+        group.0 += 1;
+        group.1 += actual;
+        group.2 += predicted;
+    }
+    let groups = groups
+        .into_iter()
+        .map(|(k, (n, actual, predicted))| HoldoutGroup {
+            frequency: if k == 7 { "7+".into() } else { k.to_string() },
+            customers: n,
+            actual_mean: actual / n as f64,
+            predicted_mean: predicted / n as f64,
+        })
+        .collect();
+    Ok(HoldoutReport {
+        calibration_end: calibration.date().to_string(),
+        holdout_end: end.date().to_string(),
+        holdout_length: length,
+        time_unit: unit.name(),
+        customers: x.len(),
+        bgnbd: bgnbd_json(&fit, x.len()),
+        actual_total,
+        predicted_total,
+        groups,
+    })
+}
+
+/// Wall time per phase of the job, for the manifest.
+#[derive(Debug)]
+struct PhaseTimer {
+    last: std::time::Instant,
+    phases: Map<String, Value>,
+}
+
+impl Default for PhaseTimer {
+    fn default() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            phases: Map::new(),
+        }
+    }
+}
+
+impl PhaseTimer {
+    fn lap(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        let seconds = (now - self.last).as_secs_f64();
+        self.phases.insert(
+            phase.to_string(),
+            Value::from((seconds * 1000.0).round() / 1000.0),
+        );
+        self.last = now;
+    }
+
+    fn into_json(self) -> Value {
+        Value::Object(self.phases)
+    }
+}
