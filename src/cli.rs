@@ -95,6 +95,24 @@ pub enum Command {
     /// Customer lifetime value tools
     #[command(subcommand)]
     Clv(ClvCommand),
+    /// Explain why a job decided what it did
+    #[command(subcommand)]
+    Explain(ExplainCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExplainCommand {
+    /// Why an address is suppressed: reason, rule and triggering events
+    Suppression(ExplainSuppressionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainSuppressionArgs {
+    /// The email address, as stored anywhere (it is normalized for lookup)
+    pub email: String,
+    /// The suppression pipeline whose tables and normalization to use
+    #[arg(long, default_value = "suppression")]
+    pub pipeline: String,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +313,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status(&open()?, &config, &args, json_output),
         Command::Metrics => metrics(&open()?, &config),
         Command::Schedule(args) => serve(&open()?, &config, &args),
+        Command::Explain(ExplainCommand::Suppression(args)) => {
+            explain_suppression(&open()?, &config, &args, json_output)
+        }
         Command::Clv(ClvCommand::Holdout(args)) => {
             clv_holdout(&open()?, &config, &args, json_output)
         }
@@ -1242,5 +1263,162 @@ fn clv_holdout(
         "total purchases in the holdout: actual {:.0}, predicted {:.1}",
         report.actual_total, report.predicted_total
     );
+    Ok(0)
+}
+
+fn explain_suppression(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &ExplainSuppressionArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    use crate::jobs::suppression::{with_list_columns, Params};
+    use polars::prelude::*;
+    let pipeline = pipeline::load_named(&config.pipelines_dir, &args.pipeline)?;
+    if pipeline.kind.name != "suppression" {
+        bail!(Error::Config(format!(
+            "pipeline `{}` is of kind `{}`; --pipeline needs a suppression pipeline",
+            pipeline.name, pipeline.kind.name
+        )));
+    }
+    let params: Params = serde_json::from_value(pipeline.params.clone())?;
+    let Some(key) = params.normalization.key_of(&args.email) else {
+        bail!(Error::Config("give a non-empty email address".into()));
+    };
+    let find = |table: &str| -> anyhow::Result<Option<DataFrame>> {
+        let table = Table::new(warehouse, table)?;
+        let Some(snapshot) = table.latest_snapshot()? else {
+            return Ok(None);
+        };
+        let frame = table
+            .scan(&snapshot)?
+            .filter(col("email_normalized").eq(lit(key.clone())))
+            .collect()?;
+        Ok(Some(frame))
+    };
+    let list = find(&pipeline.outputs["list"])?
+        .map(|f| with_list_columns(f).collect())
+        .transpose()?;
+    let held = find(&pipeline.outputs["pending_review"])?;
+    let row = list.as_ref().filter(|f| f.height() > 0);
+    let held_row = held.as_ref().filter(|f| f.height() > 0);
+    let text = |frame: &DataFrame, name: &str| -> Option<String> {
+        let value = frame.column(name).ok()?.get(0).ok()?;
+        match value {
+            AnyValue::Null => None,
+            AnyValue::String(s) => Some(s.to_string()),
+            AnyValue::StringOwned(s) => Some(s.to_string()),
+            AnyValue::Datetime(t, _, _) | AnyValue::DatetimeOwned(t, _, _) => {
+                chrono::DateTime::from_timestamp_micros(t).map(|t| t.to_rfc3339())
+            }
+            other => Some(other.to_string()),
+        }
+    };
+    let source = row.or(held_row);
+    let event_ids: Vec<String> = source
+        .and_then(|f| f.column("event_ids").ok())
+        .and_then(|c| c.list().ok().and_then(|l| l.get_as_series(0)))
+        .and_then(|s| {
+            s.str()
+                .ok()
+                .map(|s| s.iter().flatten().map(str::to_string).collect())
+        })
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    if !event_ids.is_empty() {
+        let table = Table::new(warehouse, &pipeline.inputs["events"])?;
+        if let Some(snapshot) = table.latest_snapshot()? {
+            let found = table
+                .scan(&snapshot)?
+                .filter(col("event_id").is_in(
+                    lit(Series::new("ids".into(), event_ids.clone())).implode(false),
+                    false,
+                ))
+                .sort(["occurred_at", "event_id"], SortMultipleOptions::default())
+                .collect()?;
+            for i in 0..found.height() {
+                let one = found.slice(i as i64, 1);
+                events.push(json!({
+                    "event_id": text(&one, "event_id"),
+                    "occurred_at": text(&one, "occurred_at"),
+                    "event_type": text(&one, "event_type"),
+                    "bounce_type": text(&one, "bounce_type"),
+                    "reason": text(&one, "reason"),
+                    "campaign_id": text(&one, "campaign_id"),
+                    "email": text(&one, "email"),
+                }));
+            }
+        }
+    }
+    let state = match (row, held_row) {
+        (Some(r), _) if text(r, "expired_at").is_some() => "expired",
+        (Some(_), _) => "active",
+        (None, Some(_)) => "held",
+        (None, None) => "not_suppressed",
+    };
+    let fields = [
+        "email",
+        "reason",
+        "rule",
+        "source",
+        "first_suppressed_at",
+        "last_event_at",
+        "event_count",
+        "expires_at",
+        "expired_at",
+        "held_reason",
+        "run_id",
+    ];
+    let mut details = serde_json::Map::new();
+    if let Some(frame) = source {
+        for name in fields {
+            if let Some(value) = text(frame, name) {
+                details.insert(name.to_string(), Value::from(value));
+            }
+        }
+    }
+    if json_output {
+        print_json(&json!({
+            "email_normalized": key,
+            "state": state,
+            "entry": details,
+            "event_ids": event_ids,
+            "events": events,
+            "normalization": params.normalization.describe(),
+        }))?;
+        return Ok(0);
+    }
+    match state {
+        "not_suppressed" => {
+            println!(
+                "{key} is not on the suppression list of pipeline `{}`",
+                pipeline.name
+            );
+            return Ok(0);
+        }
+        "active" => println!("{key} is suppressed"),
+        "expired" => println!("{key} was suppressed; the entry has expired"),
+        _ => println!("{key} is held for review, not yet suppressed"),
+    }
+    for (name, value) in &details {
+        println!("  {name:<20} {}", value.as_str().unwrap_or_default());
+    }
+    if events.is_empty() {
+        println!("  no triggering events (the rule needs none)");
+    } else {
+        println!("  triggering events:");
+        for event in &events {
+            let field = |name: &str| event[name].as_str().unwrap_or("").to_string();
+            println!(
+                "    {:<12} {:<28} {} {} {} {}",
+                field("event_id"),
+                field("occurred_at"),
+                field("event_type"),
+                field("bounce_type"),
+                field("reason"),
+                field("campaign_id")
+            );
+        }
+    }
     Ok(0)
 }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod clv;
 pub mod config;
 pub mod delta;
+pub mod email;
 pub mod enrich;
 pub mod error;
 pub mod generate;

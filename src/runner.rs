@@ -194,8 +194,14 @@ fn execute(
     let mut inputs = BTreeMap::new();
     for (role, name) in &pipeline.inputs {
         let table = Table::new(warehouse, name)?;
+        let optional = pipeline
+            .kind
+            .inputs
+            .iter()
+            .any(|r| r.name == role && r.optional);
         let snapshot = match table.snapshot(None) {
             Ok(snapshot) => snapshot,
+            Err(Error::TableNotFound(_)) if optional => continue,
             Err(Error::TableNotFound(_)) => {
                 return Err(Error::Data(format!(
                     "input table `{name}` of pipeline `{}` not found; ingest it first with \
@@ -400,6 +406,8 @@ fn describe_output(
 /// same key column. A row changed when any column other than `run_id`
 /// differs.
 pub fn diff_by_key(old: &DataFrame, new: &DataFrame, key: &str) -> Result<(u64, u64, u64)> {
+    let old = &flatten_lists(old.clone())?;
+    let new = &flatten_lists(new.clone())?;
     let anti = |a: &DataFrame, b: &DataFrame| -> Result<u64> {
         Ok(a.clone()
             .lazy()
@@ -765,13 +773,49 @@ fn compensate(
 }
 
 /// Writes `frame` as CSV to `path` under the warehouse root.
-pub fn write_csv_export(warehouse: &Warehouse, path: &str, mut frame: DataFrame) -> Result<()> {
+pub fn write_csv_export(warehouse: &Warehouse, path: &str, frame: DataFrame) -> Result<()> {
     let mut buffer = Vec::new();
-    CsvWriter::new(&mut buffer)
-        .include_header(true)
-        .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ".into()))
-        .finish(&mut frame)?;
+    if path.ends_with(".parquet") {
+        let mut frame = frame;
+        ParquetWriter::new(&mut buffer).finish(&mut frame)?;
+    } else {
+        // CSV has no lists: list values are joined with spaces.
+        let mut frame = flatten_lists(frame)?;
+        CsvWriter::new(&mut buffer)
+            .include_header(true)
+            .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ".into()))
+            .finish(&mut frame)?;
+    }
     warehouse.put(&warehouse.path(path), Bytes::from(buffer))?;
-    tracing::info!(path, rows = frame.height(), "wrote export");
+    tracing::info!(path, "wrote export");
     Ok(())
+}
+
+/// Replaces list columns by their values joined with spaces.
+fn flatten_lists(frame: DataFrame) -> Result<DataFrame> {
+    let mut columns = Vec::with_capacity(frame.width());
+    for column in frame.columns() {
+        if let DataType::List(_) = column.dtype() {
+            let lists = column.list()?;
+            let joined: Vec<Option<String>> = (0..lists.len())
+                .map(|i| {
+                    lists.get_as_series(i).map(|series| {
+                        series
+                            .cast(&DataType::String)
+                            .ok()
+                            .and_then(|s| {
+                                s.str()
+                                    .ok()
+                                    .map(|s| s.iter().flatten().collect::<Vec<_>>().join(" "))
+                            })
+                            .unwrap_or_default()
+                    })
+                })
+                .collect();
+            columns.push(Column::new(column.name().clone(), joined));
+        } else {
+            columns.push(column.clone());
+        }
+    }
+    Ok(DataFrame::new(frame.height(), columns)?)
 }

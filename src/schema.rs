@@ -161,8 +161,32 @@ pub const ORDERS: CanonicalTable = CanonicalTable {
     ],
 };
 
+/// Manual suppressions and removals, loaded with
+/// `nightshift ingest suppression_manual FILE --mode upsert`: the latest
+/// action per address counts, and each load is a table version.
+pub const SUPPRESSION_MANUAL: CanonicalTable = CanonicalTable {
+    name: "suppression_manual",
+    key: "email",
+    columns: &[
+        col("email", Str, true),
+        one_of("action", true, &MANUAL_ACTIONS),
+        col("reason", Str, true),
+        col("requested_by", Str, false),
+        col("requested_at", Timestamp, true),
+    ],
+};
+
 /// The tables that ingest maps sources onto.
-pub const INPUT_TABLES: [CanonicalTable; 4] = [CONTACTS, EMAIL_EVENTS, ACTIVITIES, ORDERS];
+pub const INPUT_TABLES: [CanonicalTable; 5] = [
+    CONTACTS,
+    EMAIL_EVENTS,
+    ACTIVITIES,
+    ORDERS,
+    SUPPRESSION_MANUAL,
+];
+
+/// Values of `suppression_manual.action`.
+pub const MANUAL_ACTIONS: [&str; 2] = ["suppress", "remove"];
 
 /// Returns the canonical input table named `name`.
 pub fn input_table(name: &str) -> Option<&'static CanonicalTable> {

@@ -302,7 +302,8 @@ fn write_chain(project: &Project, upstream_gate: &str) {
     project.write(
         "pipelines/downstream.toml",
         "kind = \"suppression\"\nafter = [\"suppression\"]\n\
-         [outputs]\nlist = \"downstream_list\"\nchanges = \"downstream_changes\"\n",
+         [outputs]\nlist = \"downstream_list\"\nchanges = \"downstream_changes\"\n\
+         pending_review = \"downstream_held\"\nsendable = \"downstream_sendable\"\n",
     );
 }
 
@@ -454,6 +455,7 @@ fn each_gate_stops_the_commit() {
             "pipelines/gated.toml",
             &format!(
                 "kind = \"suppression\"\n[outputs]\nlist = \"gated_list\"\nchanges = \"gated_changes\"\n\
+                 pending_review = \"gated_held\"\nsendable = \"gated_sendable\"\n\
                  [[gates]]\noutput = \"list\"\n{rule}\n"
             ),
         );
@@ -483,6 +485,7 @@ fn each_gate_stops_the_commit() {
     project.write(
         "pipelines/gated.toml",
         "kind = \"suppression\"\n[outputs]\nlist = \"gated_list\"\nchanges = \"gated_changes\"\n\
+                 pending_review = \"gated_held\"\nsendable = \"gated_sendable\"\n\
          [[gates]]\noutput = \"list\"\nmax_change_pct = 50\n",
     );
     assert!(project.run(&["run", "gated"]).status.success());

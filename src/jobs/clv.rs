@@ -36,11 +36,13 @@ pub const SPEC: KindSpec = KindSpec {
     name: "clv",
     description: "historic value, RFM segments and BG/NBD and Gamma-Gamma predictions per customer",
     inputs: &[Role {
+        optional: false,
         name: "orders",
         default_table: "orders",
         description: "orders, one row per order",
     }],
     outputs: &[Role {
+        optional: false,
         name: "values",
         default_table: "clv",
         description: "one row per customer with a counted order",

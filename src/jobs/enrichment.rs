@@ -45,22 +45,26 @@ pub const SPEC: KindSpec = KindSpec {
     name: "enrichment",
     description: "company data per contact domain from an HTTP API or a vendor file, cached",
     inputs: &[Role {
+        optional: false,
         name: "contacts",
         default_table: "contacts",
         description: "contacts with company_domain or email",
     }],
     outputs: &[
         Role {
+            optional: false,
             name: "cache",
             default_table: "firmographics",
             description: "one row per domain with the provider's answer",
         },
         Role {
+            optional: false,
             name: "changes",
             default_table: "firmographic_changes",
             description: "the field values this run changed",
         },
         Role {
+            optional: false,
             name: "contacts",
             default_table: "contacts_enriched",
             description: "one row per contact with each field's value and source",

@@ -6,6 +6,7 @@
 
 pub mod clv;
 pub mod enrichment;
+pub mod review;
 pub mod suppression;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ use crate::warehouse::Warehouse;
 #[derive(Debug)]
 pub struct Role {
     pub name: &'static str,
+    /// An optional input may be missing from the warehouse; the job then
+    /// runs without it.
+    pub optional: bool,
     /// The table used when the pipeline file does not name one.
     pub default_table: &'static str,
     pub description: &'static str,
@@ -42,7 +46,18 @@ pub struct KindSpec {
 }
 
 /// Every job kind this build has.
-pub const KINDS: &[&KindSpec] = &[&suppression::SPEC, &clv::SPEC, &enrichment::SPEC];
+pub const KINDS: &[&KindSpec] = &[
+    &suppression::SPEC,
+    &review::SPEC,
+    &clv::SPEC,
+    &enrichment::SPEC,
+];
+
+/// Returns true for an output role that amends a table another pipeline
+/// owns, rather than owning it: the review's `list`.
+pub fn amends(kind: &str, role: &str) -> bool {
+    kind == review::SPEC.name && role == "list"
+}
 
 /// Returns the job kind named `name`.
 pub fn kind(name: &str) -> Option<&'static KindSpec> {
@@ -119,6 +134,11 @@ impl JobContext {
     /// a missing one is a bug in the job kind.
     pub fn input(&self, role: &str) -> &PinnedInput {
         &self.inputs[role]
+    }
+
+    /// Returns the pinned input of an optional role, if its table exists.
+    pub fn optional_input(&self, role: &str) -> Option<&PinnedInput> {
+        self.inputs.get(role)
     }
 
     pub fn output(&self, role: &str) -> &PinnedOutput {

@@ -1,0 +1,238 @@
+//! Email addresses: the normalization policy that turns an address into
+//! its matching key, syntax validity, and role addresses.
+//!
+//! The policy is named and versioned (`nightshift-email`, version 1) and
+//! recorded in every manifest, so that a list built under one policy is
+//! never silently matched under another. It always trims and lower-cases.
+//! Three rules are opt-in, because they merge addresses some providers
+//! treat as different mailboxes: `googlemail.com` as `gmail.com`, dots in
+//! Gmail local parts dropped, and `+tags` dropped. The stored address is
+//! never rewritten; only the key is.
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The policy's name, recorded in manifests.
+pub const POLICY_NAME: &str = "nightshift-email";
+/// Raised when the meaning of an option changes.
+pub const POLICY_VERSION: u32 = 1;
+
+/// The opt-in rules of the normalization policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Normalization {
+    /// `googlemail.com` matches as `gmail.com`.
+    pub googlemail: bool,
+    /// Dots in Gmail local parts are ignored.
+    pub gmail_dots: bool,
+    /// A `+tag` in any local part is ignored.
+    pub plus_tags: bool,
+}
+
+impl Normalization {
+    /// The policy as the manifest records it.
+    pub fn describe(&self) -> Value {
+        json!({
+            "policy": POLICY_NAME,
+            "version": POLICY_VERSION,
+            "googlemail": self.googlemail,
+            "gmail_dots": self.gmail_dots,
+            "plus_tags": self.plus_tags,
+        })
+    }
+
+    /// The matching key of an email expression: trimmed, lower-cased, with
+    /// the opt-in rules applied; empty strings become null.
+    pub fn key(&self, email: Expr) -> Expr {
+        let mut key = email.str().strip_chars(lit(NULL)).str().to_lowercase();
+        if self.plus_tags {
+            key = key.str().replace(lit(r"\+[^@]*@"), lit("@"), false);
+        }
+        if self.googlemail {
+            key = key
+                .str()
+                .replace(lit(r"@googlemail\.com$"), lit("@gmail.com"), false);
+        }
+        if self.gmail_dots {
+            let local = key.clone().str().extract(lit(r"^([^@]*)@gmail\.com$"), 1);
+            let undotted = local.str().replace_all(lit("."), lit(""), true);
+            key = when(undotted.clone().is_not_null())
+                .then(concat_str([undotted, lit("@gmail.com")], "", false))
+                .otherwise(key);
+        }
+        when(key.clone().eq(lit("")))
+            .then(lit(NULL).cast(DataType::String))
+            .otherwise(key)
+    }
+
+    /// The key of one address, as [`Normalization::key`] computes it.
+    pub fn key_of(&self, email: &str) -> Option<String> {
+        let mut key = email.trim().to_lowercase();
+        if key.is_empty() {
+            return None;
+        }
+        if let Some((local, domain)) = key.clone().rsplit_once('@') {
+            let mut local = local.to_string();
+            let mut domain = domain.to_string();
+            if self.plus_tags {
+                if let Some(plus) = local.find('+') {
+                    local.truncate(plus);
+                }
+            }
+            if self.googlemail && domain == "googlemail.com" {
+                domain = "gmail.com".into();
+            }
+            if self.gmail_dots && domain == "gmail.com" {
+                local = local.replace('.', "");
+            }
+            key = format!("{local}@{domain}");
+        }
+        Some(key)
+    }
+}
+
+/// The syntax an address must have to be mailed: an ASCII local part of
+/// the usual characters without leading, trailing or double dots, and a
+/// domain of at least two labels of letters, digits and hyphens.
+pub const VALID_ADDRESS: &str = r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$";
+
+/// True when a trimmed, lower-cased address has valid syntax.
+pub fn is_valid(normalized: Expr) -> Expr {
+    normalized
+        .str()
+        .contains(lit(VALID_ADDRESS), true)
+        .fill_null(lit(false))
+}
+
+/// Local parts that name a function, not a person. A message to them
+/// reaches a team or nobody, and complaints from them cost reputation.
+pub const ROLE_LOCAL_PARTS: &[&str] = &[
+    "abuse",
+    "admin",
+    "administrator",
+    "billing",
+    "compliance",
+    "contact",
+    "devnull",
+    "dns",
+    "ftp",
+    "help",
+    "hostmaster",
+    "info",
+    "list",
+    "list-request",
+    "mailer-daemon",
+    "marketing",
+    "no-reply",
+    "noc",
+    "noreply",
+    "null",
+    "office",
+    "postmaster",
+    "privacy",
+    "root",
+    "sales",
+    "security",
+    "spam",
+    "support",
+    "sysadmin",
+    "team",
+    "webmaster",
+];
+
+/// The local part of a normalized address, without a `+tag`.
+pub fn local_part(normalized: Expr) -> Expr {
+    normalized.str().extract(lit(r"^([^@+]*)"), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(policy: Normalization, emails: &[&str]) -> Vec<Option<String>> {
+        let frame = df!("email" => emails).unwrap();
+        let out = frame
+            .lazy()
+            .select([policy.key(col("email")).alias("key")])
+            .collect()
+            .unwrap();
+        out.column("key")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|k| k.map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn default_policy_trims_and_lowercases_only() {
+        let emails = [" Jo.Doe+news@GoogleMail.com ", "", "a@b.co"];
+        let expected = vec![
+            Some("jo.doe+news@googlemail.com".to_string()),
+            None,
+            Some("a@b.co".into()),
+        ];
+        assert_eq!(keys(Normalization::default(), &emails), expected);
+        for (email, key) in emails.iter().zip(&expected) {
+            assert_eq!(&Normalization::default().key_of(email), key);
+        }
+    }
+
+    #[test]
+    fn opt_in_rules_merge_gmail_variants() {
+        let policy = Normalization {
+            googlemail: true,
+            gmail_dots: true,
+            plus_tags: true,
+        };
+        let emails = [
+            "Jo.Doe+news@GoogleMail.com",
+            "jodoe@gmail.com",
+            "jo.doe+x@example.com",
+        ];
+        let expected = vec![
+            Some("jodoe@gmail.com".to_string()),
+            Some("jodoe@gmail.com".to_string()),
+            Some("jo.doe@example.com".to_string()),
+        ];
+        assert_eq!(keys(policy, &emails), expected);
+        for (email, key) in emails.iter().zip(&expected) {
+            assert_eq!(&policy.key_of(email), key);
+        }
+    }
+
+    #[test]
+    fn syntax_and_roles() {
+        let frame = df!("e" => [
+            "jo@example.com", "jo.doe@mail.example.co.uk", "jo@@example.com", "jo doe@example.com",
+            ".jo@example.com", "jo..doe@example.com", "jo@example", "jo@-example.com", "info+x@example.com",
+        ])
+        .unwrap();
+        let out = frame
+            .lazy()
+            .select([
+                is_valid(col("e")).alias("valid"),
+                local_part(col("e")).alias("local"),
+            ])
+            .collect()
+            .unwrap();
+        let valid: Vec<bool> = out
+            .column("valid")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap())
+            .collect();
+        assert_eq!(
+            valid,
+            [true, true, false, false, false, false, false, false, true]
+        );
+        assert_eq!(
+            out.column("local").unwrap().get(8).unwrap(),
+            AnyValue::String("info")
+        );
+    }
+}
