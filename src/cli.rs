@@ -104,6 +104,16 @@ pub enum Command {
 pub enum ExplainCommand {
     /// Why an address is suppressed: reason, rule and triggering events
     Suppression(ExplainSuppressionArgs),
+    /// How a contact's score is made up: each rule group and fit rule
+    Score(ExplainScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainScoreArgs {
+    pub contact_id: String,
+    /// The scoring pipeline whose table and model to use
+    #[arg(long, default_value = "scoring")]
+    pub pipeline: String,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +323,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status(&open()?, &config, &args, json_output),
         Command::Metrics => metrics(&open()?, &config),
         Command::Schedule(args) => serve(&open()?, &config, &args),
+        Command::Explain(ExplainCommand::Score(args)) => {
+            explain_score(&open()?, &config, &args, json_output)
+        }
         Command::Explain(ExplainCommand::Suppression(args)) => {
             explain_suppression(&open()?, &config, &args, json_output)
         }
@@ -1419,6 +1432,131 @@ fn explain_suppression(
                 field("campaign_id")
             );
         }
+    }
+    Ok(0)
+}
+
+fn explain_score(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &ExplainScoreArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    use crate::jobs::scoring::Params;
+    use polars::prelude::*;
+    let pipeline = pipeline::load_named(&config.pipelines_dir, &args.pipeline)?;
+    if pipeline.kind.name != "scoring" {
+        bail!(Error::Config(format!(
+            "pipeline `{}` is of kind `{}`; --pipeline needs a scoring pipeline",
+            pipeline.name, pipeline.kind.name
+        )));
+    }
+    let params: Params = serde_json::from_value(pipeline.params.clone())?;
+    let table = existing_table(warehouse, &pipeline.outputs["scores"])?;
+    let Some(snapshot) = table.latest_snapshot()? else {
+        bail!(Error::TableNotFound(table.name().to_string()));
+    };
+    let row = table
+        .scan(&snapshot)?
+        .filter(col("contact_id").eq(lit(args.contact_id.clone())))
+        .collect()?;
+    if row.height() == 0 {
+        bail!(Error::Data(format!(
+            "contact `{}` has no score in `{}`; is the id right, and has the pipeline run since \
+             the contact was loaded?",
+            args.contact_id,
+            table.name()
+        )));
+    }
+    let value = |name: &str| -> Value {
+        match row.column(name).ok().and_then(|c| c.get(0).ok()) {
+            Some(AnyValue::Float64(v)) => json!(v),
+            Some(AnyValue::Boolean(v)) => json!(v),
+            Some(AnyValue::String(v)) => json!(v),
+            Some(AnyValue::StringOwned(v)) => json!(v.to_string()),
+            Some(AnyValue::Null) | None => Value::Null,
+            Some(other) => json!(other.to_string()),
+        }
+    };
+    let mut groups = Vec::new();
+    for (name, group) in &params.groups {
+        groups.push(json!({
+            "group": name,
+            "points": value(&format!("engagement_{name}")),
+            "source": group.source,
+            "rules": group.points,
+            "decay": group.decay,
+            "cap": group.cap,
+        }));
+    }
+    let mut fit = Vec::new();
+    for rule in &params.fit {
+        fit.push(json!({
+            "rule": rule.name,
+            "when": rule.rule,
+            "points": value(&format!("fit_{}", rule.name)),
+        }));
+    }
+    let report = json!({
+        "contact_id": args.contact_id,
+        "score": value("score"),
+        "engagement_score": value("engagement_score"),
+        "fit_score": value("fit_score"),
+        "grade": value("grade"),
+        "mql": value("mql"),
+        "previous_score": value("previous_score"),
+        "score_change": value("score_change"),
+        "as_of": value("as_of"),
+        "engagement": groups,
+        "fit": fit,
+        "engagement_cap": params.engagement_cap,
+        "fit_cap": params.fit_cap,
+    });
+    if json_output {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    let number = |v: &Value| v.as_f64().map(|n| format!("{n:.2}")).unwrap_or("-".into());
+    println!(
+        "contact {}: score {} (engagement {} + fit {}), grade {}, MQL {}",
+        args.contact_id,
+        number(&report["score"]),
+        number(&report["engagement_score"]),
+        number(&report["fit_score"]),
+        report["grade"].as_str().unwrap_or("-"),
+        report["mql"]
+    );
+    println!(
+        "  as of {}; previous score {}, change {}",
+        report["as_of"].as_str().unwrap_or("-"),
+        number(&report["previous_score"]),
+        number(&report["score_change"])
+    );
+    for group in &groups {
+        println!(
+            "  engagement {:<16} {:>8}   cap {}, decay {}",
+            group["group"].as_str().unwrap_or_default(),
+            number(&group["points"]),
+            group["cap"]
+                .as_f64()
+                .map(|c| c.to_string())
+                .unwrap_or("none".into()),
+            group["decay"]
+        );
+    }
+    for rule in &fit {
+        println!(
+            "  fit        {:<16} {:>8}   when {}",
+            rule["rule"].as_str().unwrap_or_default(),
+            number(&rule["points"]),
+            rule["when"].as_str().unwrap_or_default()
+        );
+    }
+    if let Some(cap) = params.engagement_cap {
+        println!("  engagement is capped at {cap}");
+    }
+    if let Some(cap) = params.fit_cap {
+        println!("  fit is capped at {cap}");
     }
     Ok(0)
 }

@@ -120,13 +120,27 @@ impl Pipeline {
             ))
         })?;
 
-        let inputs = resolve_roles("input", &file.inputs, kind.inputs).map_err(&invalid)?;
-        let outputs = resolve_roles("output", &file.outputs, kind.outputs).map_err(&invalid)?;
+        // A kind without declared roles (sql) takes the file's own.
+        let free_roles = kind.inputs.is_empty() && kind.outputs.is_empty();
+        let (inputs, outputs) = if free_roles {
+            for role in file.inputs.keys().chain(file.outputs.keys()) {
+                validate_role_name(role).map_err(&invalid)?;
+            }
+            (file.inputs.clone(), file.outputs.clone())
+        } else {
+            (
+                resolve_roles("input", &file.inputs, kind.inputs).map_err(&invalid)?,
+                resolve_roles("output", &file.outputs, kind.outputs).map_err(&invalid)?,
+            )
+        };
         for table in inputs.values().chain(outputs.values()) {
             validate_table_name(table).map_err(|e| invalid(e.to_string()))?;
         }
         let params =
             (kind.validate_params)(&file.params).map_err(|e| invalid(format!("[params]: {e}")))?;
+        if free_roles {
+            jobs::sql::check_roles(&outputs, &params).map_err(&invalid)?;
+        }
         for gate in &file.gates {
             let known =
                 outputs.contains_key(&gate.output) || outputs.values().any(|t| t == &gate.output);
@@ -206,6 +220,24 @@ impl Pipeline {
             .get(role_or_table)
             .or_else(|| self.outputs.values().find(|t| *t == role_or_table))
             .map(String::as_str)
+    }
+}
+
+/// Checks a role name of a `sql` pipeline, which its queries use as a
+/// table name: a letter or `_`, then letters, digits and `_`.
+fn validate_role_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: the queries use it as a table name, so use letters, digits \
+             and _, starting with a letter"
+        ))
     }
 }
 

@@ -6,7 +6,10 @@
 
 pub mod clv;
 pub mod enrichment;
+pub mod lists;
 pub mod review;
+pub mod scoring;
+pub mod sql;
 pub mod suppression;
 
 use std::collections::BTreeMap;
@@ -49,6 +52,9 @@ pub struct KindSpec {
 pub const KINDS: &[&KindSpec] = &[
     &suppression::SPEC,
     &review::SPEC,
+    &scoring::SPEC,
+    &lists::SPEC,
+    &sql::SPEC,
     &clv::SPEC,
     &enrichment::SPEC,
 ];

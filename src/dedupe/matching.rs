@@ -1,0 +1,2720 @@
+//! Core of contact deduplication: match keys, string similarity, blocking, a
+//! Fellegi-Sunter model trained by expectation maximisation, and clusters.
+//!
+//! A run takes these steps:
+//!
+//! 1. Each [`FieldSpec`] names a field and its [`Comparison`]. The comparison
+//!    turns a stored value into a match key (for example [`normalize_phone`])
+//!    and compares two keys into a comparison level. Keys exist only during
+//!    matching, and stored values are never rewritten.
+//! 2. [`block`] finds the candidate pairs: records whose keys agree exactly on
+//!    every field of at least one [`BlockingRule`].
+//! 3. [`train`] estimates the Fellegi-Sunter parameters of each field and
+//!    level. `u`, the probability of the level among non-matching pairs, is
+//!    counted on a seeded sample of random pairs, which are almost all
+//!    non-matches. `m`, the probability of the level among matching pairs, is
+//!    estimated by expectation maximisation (EM) on the candidate pairs with `u`
+//!    fixed, together with `lambda`, the share of matches among the candidate
+//!    pairs. Splink trains its models the same way.
+//! 4. [`score`] gives each candidate pair a match weight and a probability.
+//! 5. [`clusters`] joins the pairs at or above a chosen probability into
+//!    connected components.
+//!
+//! # Comparison levels
+//!
+//! Every comparison numbers its levels the same way. Level 0 means that either
+//! key is null, so the field gives no evidence. Level 1 means the keys differ
+//! beyond every similarity level. The levels above rise with similarity, and
+//! the top level, `level_count() - 1`, means the keys are equal.
+//! [`Comparison::level_labels`] names each level.
+//!
+//! # Match weight
+//!
+//! The match weight of a pair is `log2(lambda / (1 - lambda))` plus, for every
+//! field, `log2(m / u)` of the pair's level in that field, and the match
+//! probability is `2^w / (1 + 2^w)`. This assumes that the fields are
+//! independent given match status, as the Fellegi-Sunter model does.
+//!
+//! Record indexes are `u32`, so a run holds at most `u32::MAX` records.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+
+// ---------------------------------------------------------------------------
+// Records, fields and errors
+
+/// One record's fields, already read from the contacts table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The record's id in the source table, used in error messages.
+    pub id: String,
+    /// Raw values in the order of the [`FieldSpec`] list, `None` where null.
+    pub fields: Vec<Option<String>>,
+}
+
+/// A compared field: its name and how its values are compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Field name, unique among the specs and used by [`BlockingRule`]s.
+    pub name: String,
+    /// Match key and comparison levels of the field.
+    pub comparison: Comparison,
+}
+
+impl FieldSpec {
+    /// Creates a spec from a field name and its comparison.
+    pub fn new(name: impl Into<String>, comparison: Comparison) -> Self {
+        Self {
+            name: name.into(),
+            comparison,
+        }
+    }
+}
+
+/// Failure of validation, blocking or training.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MatchError {
+    /// A record has a different number of fields than there are specs.
+    #[error("record {record_id} has {got} fields, expected {expected} (one per field spec)")]
+    FieldCount {
+        record_id: String,
+        expected: usize,
+        got: usize,
+    },
+    /// A comparison has invalid thresholds.
+    #[error("invalid comparison for field {field}: {reason}")]
+    InvalidComparison { field: String, reason: String },
+    /// Two specs share a name.
+    #[error("field name {0} appears in more than one field spec; rename one of them")]
+    DuplicateField(String),
+    /// A blocking rule names a field that no spec has.
+    #[error("blocking rule {rule} names unknown field {field}; known fields: {known}")]
+    UnknownField {
+        rule: usize,
+        field: String,
+        known: String,
+    },
+    /// A blocking rule has no keys or a prefix length of 0.
+    #[error("blocking rule {rule} is invalid: {reason}")]
+    InvalidRule { rule: usize, reason: String },
+    /// Training needs at least two records to sample random pairs.
+    #[error("too few records to train a model: got {got}, need at least 2")]
+    TooFewRecords { got: usize },
+    /// Training was asked to sample no random pairs.
+    #[error("u_sample_pairs is 0; sample at least one random pair (1,000,000 is typical)")]
+    NoSamplePairs,
+    /// Training got no candidate pairs.
+    #[error("no candidate pairs to train on; add or loosen blocking rules")]
+    NoCandidatePairs,
+    /// A pair names a record index that does not exist, or one record twice.
+    #[error("pair ({a}, {b}) is invalid for {records} records: indexes must differ and be below the record count")]
+    InvalidPair { a: u32, b: u32, records: usize },
+    /// More records than a `u32` index can address.
+    #[error("too many records: got {got}, at most {max} fit a u32 record index", max = u32::MAX)]
+    TooManyRecords { got: usize },
+}
+
+/// Checks that the specs and the blocking rules fit together.
+///
+/// The specs must have unique names and valid thresholds, and every rule must
+/// have at least one key, name known fields and use prefix lengths of at
+/// least 1. [`block`] and [`score`] panic on inputs that fail this check.
+pub fn validate(specs: &[FieldSpec], rules: &[BlockingRule]) -> Result<(), MatchError> {
+    let mut names = HashSet::new();
+    for spec in specs {
+        if !names.insert(spec.name.as_str()) {
+            return Err(MatchError::DuplicateField(spec.name.clone()));
+        }
+        spec.comparison
+            .check()
+            .map_err(|reason| MatchError::InvalidComparison {
+                field: spec.name.clone(),
+                reason,
+            })?;
+    }
+    for (index, rule) in rules.iter().enumerate() {
+        rule.resolve(index, specs)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Comparisons
+
+/// Default Jaro-Winkler thresholds of [`Comparison::JaroWinkler`].
+pub const DEFAULT_JARO_WINKLER_THRESHOLDS: [f64; 2] = [0.7, 0.9];
+/// Default edit-distance thresholds of [`Comparison::Levenshtein`].
+pub const DEFAULT_LEVENSHTEIN_THRESHOLDS: [usize; 2] = [1, 2];
+/// Jaro-Winkler thresholds of [`Comparison::Name`], lowest first.
+pub const NAME_JARO_WINKLER_THRESHOLDS: [f64; 3] = [0.7, 0.88, 0.92];
+/// Edit distance of the fuzzy level of [`Comparison::Email`].
+pub const EMAIL_MAX_EDITS: usize = 2;
+
+/// Largest number of thresholds a comparison may have, so that its levels fit a `u8`.
+const MAX_THRESHOLDS: usize = 200;
+
+fn default_jaro_winkler_thresholds() -> Vec<f64> {
+    DEFAULT_JARO_WINKLER_THRESHOLDS.to_vec()
+}
+
+fn default_levenshtein_thresholds() -> Vec<usize> {
+    DEFAULT_LEVENSHTEIN_THRESHOLDS.to_vec()
+}
+
+/// How a field's values become match keys and how two keys compare.
+///
+/// In configuration the variant is the `kind` tag in snake case, for example
+/// `{ kind = "jaro_winkler", thresholds = [0.8, 0.95] }` or `{ kind = "email" }`.
+/// Thresholds may be listed in any order. Levels are listed from 0 (null)
+/// upward, and the last level always means equal keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Comparison {
+    /// Key from [`normalize_text`]. Levels: 0 null, 1 different, 2 equal.
+    Exact,
+    /// Key from [`normalize_text`]. Levels: 0 null, 1 below every threshold,
+    /// then one level per threshold from the lowest (similarity at or above
+    /// it), then equal keys. Thresholds lie strictly between 0 and 1, and
+    /// the default is [`DEFAULT_JARO_WINKLER_THRESHOLDS`].
+    JaroWinkler {
+        #[serde(default = "default_jaro_winkler_thresholds")]
+        thresholds: Vec<f64>,
+    },
+    /// Key from [`normalize_text`]. Levels: 0 null, 1 beyond every threshold,
+    /// then one level per threshold from the largest (edit distance at or
+    /// below it), then equal keys. Thresholds are at least 1, and the default
+    /// is [`DEFAULT_LEVENSHTEIN_THRESHOLDS`].
+    Levenshtein {
+        #[serde(default = "default_levenshtein_thresholds")]
+        thresholds: Vec<usize>,
+    },
+    /// Key from [`normalize_email`]. Levels: 0 null, 1 different, 2 same
+    /// local part at another domain, 3 at most [`EMAIL_MAX_EDITS`] edits
+    /// apart, 4 equal.
+    Email,
+    /// Key from [`phone_match_key`], the number without its country code or
+    /// trunk prefix. Levels: 0 null, 1 different, 2 one typing error apart
+    /// (see [`is_one_typo`]), 3 equal.
+    ///
+    /// A national number is read without a country, so for the best keys the
+    /// caller passes values already in E.164 form from [`normalize_phone`]
+    /// with each record's country.
+    Phone,
+    /// Key from [`normalize_name`]. Levels: 0 null, 1 different, then
+    /// Jaro-Winkler similarity at or above each of
+    /// [`NAME_JARO_WINKLER_THRESHOLDS`] (levels 2 to 4), 5 equal.
+    Name,
+    /// Key from [`normalize_postcode`]. Levels: 0 null, 1 different, 2 same
+    /// area (both keys have at least 4 characters and share all but the last
+    /// two characters of the shorter key), 3 one typing error apart, 4 equal.
+    Postcode,
+    /// Key from [`normalize_domain`]. Levels: 0 null, 1 different, 2 same
+    /// organisation label (see [`domain_label`]), 3 equal.
+    Domain,
+}
+
+impl Comparison {
+    /// Returns the number of levels, including level 0 for null.
+    pub fn level_count(&self) -> usize {
+        match self {
+            Comparison::Exact => 3,
+            Comparison::JaroWinkler { thresholds } => thresholds.len() + 3,
+            Comparison::Levenshtein { thresholds } => thresholds.len() + 3,
+            Comparison::Email => 5,
+            Comparison::Phone => 4,
+            Comparison::Name => NAME_JARO_WINKLER_THRESHOLDS.len() + 3,
+            Comparison::Postcode => 5,
+            Comparison::Domain => 4,
+        }
+    }
+
+    /// Names the levels from 0 upward, for reports and manifests.
+    pub fn level_labels(&self) -> Vec<String> {
+        let mut labels = vec!["null".to_string(), "else".to_string()];
+        match self {
+            Comparison::Exact => {}
+            Comparison::JaroWinkler { thresholds } => {
+                let mut sorted = thresholds.clone();
+                sorted.sort_by(f64::total_cmp);
+                labels.extend(sorted.iter().map(|t| format!("jaro_winkler >= {t}")));
+            }
+            Comparison::Levenshtein { thresholds } => {
+                let mut sorted = thresholds.clone();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                labels.extend(sorted.iter().map(|t| format!("levenshtein <= {t}")));
+            }
+            Comparison::Email => {
+                labels.push("same local part".to_string());
+                labels.push(format!("levenshtein <= {EMAIL_MAX_EDITS}"));
+            }
+            Comparison::Phone => labels.push("one typo".to_string()),
+            Comparison::Name => labels.extend(
+                NAME_JARO_WINKLER_THRESHOLDS
+                    .iter()
+                    .map(|t| format!("jaro_winkler >= {t}")),
+            ),
+            Comparison::Postcode => {
+                labels.push("same area".to_string());
+                labels.push("one typo".to_string());
+            }
+            Comparison::Domain => labels.push("same organisation label".to_string()),
+        }
+        labels.push("exact".to_string());
+        labels
+    }
+
+    /// Returns the match key of a stored value, or `None` when the value
+    /// counts as null (empty, or nothing left after normalization).
+    pub fn match_key(&self, value: &str) -> Option<String> {
+        match self {
+            Comparison::Exact
+            | Comparison::JaroWinkler { .. }
+            | Comparison::Levenshtein { .. } => normalize_text(value),
+            Comparison::Email => normalize_email(value),
+            Comparison::Phone => phone_match_key(value),
+            Comparison::Name => normalize_name(value),
+            Comparison::Postcode => normalize_postcode(value),
+            Comparison::Domain => normalize_domain(value),
+        }
+    }
+
+    /// Returns the comparison level of two non-null match keys (1 or above).
+    pub fn compare_keys(&self, a: &str, b: &str) -> u8 {
+        let top = (self.level_count() - 1) as u8;
+        if a == b {
+            return top;
+        }
+        match self {
+            Comparison::Exact => 1,
+            Comparison::JaroWinkler { thresholds } => {
+                let similarity = jaro_winkler(a, b);
+                1 + thresholds.iter().filter(|&&t| similarity >= t).count() as u8
+            }
+            Comparison::Levenshtein { thresholds } => {
+                let distance = levenshtein(a, b);
+                1 + thresholds.iter().filter(|&&t| distance <= t).count() as u8
+            }
+            Comparison::Email => {
+                if levenshtein(a, b) <= EMAIL_MAX_EDITS {
+                    3
+                } else if email_local_part(a) == email_local_part(b) {
+                    2
+                } else {
+                    1
+                }
+            }
+            Comparison::Phone => {
+                if is_one_typo(a, b) {
+                    2
+                } else {
+                    1
+                }
+            }
+            Comparison::Name => {
+                let similarity = jaro_winkler(a, b);
+                1 + NAME_JARO_WINKLER_THRESHOLDS
+                    .iter()
+                    .filter(|&&t| similarity >= t)
+                    .count() as u8
+            }
+            Comparison::Postcode => {
+                if is_one_typo(a, b) {
+                    3
+                } else if same_postcode_area(a, b) {
+                    2
+                } else {
+                    1
+                }
+            }
+            Comparison::Domain => {
+                if domain_label(a) == domain_label(b) {
+                    2
+                } else {
+                    1
+                }
+            }
+        }
+    }
+
+    /// Checks the thresholds; the error is the reason, without the field name.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Comparison::JaroWinkler { thresholds } => {
+                if thresholds.len() > MAX_THRESHOLDS {
+                    return Err(format!("more than {MAX_THRESHOLDS} thresholds"));
+                }
+                for (index, &t) in thresholds.iter().enumerate() {
+                    if !(t > 0.0 && t < 1.0) {
+                        return Err(format!(
+                            "Jaro-Winkler threshold {t} must lie strictly between 0 and 1"
+                        ));
+                    }
+                    if thresholds[..index].contains(&t) {
+                        return Err(format!("Jaro-Winkler threshold {t} is listed twice"));
+                    }
+                }
+                Ok(())
+            }
+            Comparison::Levenshtein { thresholds } => {
+                if thresholds.len() > MAX_THRESHOLDS {
+                    return Err(format!("more than {MAX_THRESHOLDS} thresholds"));
+                }
+                for (index, &t) in thresholds.iter().enumerate() {
+                    if t == 0 {
+                        return Err(
+                            "Levenshtein threshold 0 is the exact level; use 1 or more"
+                                .to_string(),
+                        );
+                    }
+                    if thresholds[..index].contains(&t) {
+                        return Err(format!("Levenshtein threshold {t} is listed twice"));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Returns the comparison level of one field for a pair of raw values.
+///
+/// Level 0 means either value is null or normalizes to nothing, and the top
+/// level, `spec.comparison.level_count() - 1`, means equal match keys. The
+/// levels in between are listed on each [`Comparison`] variant.
+pub fn compare(spec: &FieldSpec, a: Option<&str>, b: Option<&str>) -> u8 {
+    let key_a = a.and_then(|value| spec.comparison.match_key(value));
+    let key_b = b.and_then(|value| spec.comparison.match_key(value));
+    match (key_a, key_b) {
+        (Some(key_a), Some(key_b)) => spec.comparison.compare_keys(&key_a, &key_b),
+        _ => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Match keys
+
+/// Normalizes free text: trimmed, lower-cased and inner whitespace collapsed
+/// to one space. Returns `None` for empty or all-whitespace text.
+pub fn normalize_text(s: &str) -> Option<String> {
+    let mut key = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !key.is_empty() {
+            key.push(' ');
+        }
+        key.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    (!key.is_empty()).then_some(key)
+}
+
+/// Normalizes an email address: trimmed, a leading `mailto:` removed and
+/// lower-cased.
+///
+/// Returns `None` unless the result has an `@` with text on both sides. The
+/// provider rules (Gmail dots, `+tags`) belong to the email policy of the
+/// product and are not applied here.
+pub fn normalize_email(s: &str) -> Option<String> {
+    let trimmed = s.trim();
+    let without_scheme = match trimmed.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("mailto:") => trimmed[7..].trim_start(),
+        _ => trimmed,
+    };
+    let key = without_scheme.to_lowercase();
+    let (local, domain) = key.rsplit_once('@')?;
+    (!local.is_empty() && !domain.is_empty()).then_some(key)
+}
+
+/// Returns the part of a normalized email address before its last `@`.
+fn email_local_part(key: &str) -> &str {
+    key.rsplit_once('@').map_or(key, |(local, _)| local)
+}
+
+/// Dialling rules of one country.
+struct DialingPlan {
+    /// ISO 3166-1 alpha-2 codes that share the plan.
+    countries: &'static [&'static str],
+    /// Country calling code, without `+`.
+    calling_code: &'static str,
+    /// Prefix of national numbers that international numbers drop, if any.
+    trunk_prefix: Option<&'static str>,
+    /// Prefix dialled before a calling code.
+    international_prefix: &'static str,
+}
+
+/// Dialling plans of common countries, from the ITU-T E.164 assignments and
+/// the national numbering plans. Italy, Spain, Portugal and the Nordic
+/// countries other than Sweden and Finland keep every digit in international
+/// form, so they have no trunk prefix.
+const DIALING_PLANS: &[DialingPlan] = &[
+    plan(&["AU"], "61", Some("0"), "0011"),
+    plan(&["NZ"], "64", Some("0"), "00"),
+    plan(&["US", "CA", "PR"], "1", Some("1"), "011"),
+    plan(&["GB", "UK"], "44", Some("0"), "00"),
+    plan(&["IE"], "353", Some("0"), "00"),
+    plan(&["DE"], "49", Some("0"), "00"),
+    plan(&["AT"], "43", Some("0"), "00"),
+    plan(&["CH"], "41", Some("0"), "00"),
+    plan(&["FR"], "33", Some("0"), "00"),
+    plan(&["BE"], "32", Some("0"), "00"),
+    plan(&["NL"], "31", Some("0"), "00"),
+    plan(&["LU"], "352", None, "00"),
+    plan(&["IT"], "39", None, "00"),
+    plan(&["ES"], "34", None, "00"),
+    plan(&["PT"], "351", None, "00"),
+    plan(&["SE"], "46", Some("0"), "00"),
+    plan(&["FI"], "358", Some("0"), "00"),
+    plan(&["NO"], "47", None, "00"),
+    plan(&["DK"], "45", None, "00"),
+    plan(&["PL"], "48", None, "00"),
+    plan(&["IN"], "91", Some("0"), "00"),
+    plan(&["SG"], "65", None, "000"),
+    plan(&["HK"], "852", None, "001"),
+    plan(&["JP"], "81", Some("0"), "010"),
+    plan(&["CN"], "86", Some("0"), "00"),
+    plan(&["KR"], "82", Some("0"), "001"),
+    plan(&["ZA"], "27", Some("0"), "00"),
+    plan(&["MX"], "52", None, "00"),
+];
+
+const fn plan(
+    countries: &'static [&'static str],
+    calling_code: &'static str,
+    trunk_prefix: Option<&'static str>,
+    international_prefix: &'static str,
+) -> DialingPlan {
+    DialingPlan {
+        countries,
+        calling_code,
+        trunk_prefix,
+        international_prefix,
+    }
+}
+
+fn dialing_plan(country: &str) -> Option<&'static DialingPlan> {
+    let country = country.trim();
+    DIALING_PLANS.iter().find(|plan| {
+        plan.countries
+            .iter()
+            .any(|code| code.eq_ignore_ascii_case(country))
+    })
+}
+
+/// Normalizes a phone number to digits, in E.164 form (`+` and country code)
+/// where the country is known.
+///
+/// An extension (`x12`, `ext. 12`, `#12`) is dropped, and so is a `(0)` after
+/// a country code. A number starting with `+`, or with the international
+/// prefix of `country` (`00` when it is unknown or not listed; `0011` is
+/// also read as Australia's), keeps its own country code. A national number
+/// gets the calling code of `country`, an ISO 3166-1 alpha-2 code in any
+/// case, after its trunk prefix (the leading `0` in most countries, `1` in
+/// North America) is dropped. Unlisted countries and numbers without a
+/// country keep their national digits and get no `+`. Returns `None` when no
+/// digit remains.
+pub fn normalize_phone(s: &str, country: Option<&str>) -> Option<String> {
+    let number = strip_phone_extension(s).trim();
+    let international = number.starts_with('+');
+    let number = if international {
+        number.replacen("(0)", "", 1)
+    } else {
+        number.to_string()
+    };
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        return None;
+    }
+    if international {
+        return Some(format!("+{digits}"));
+    }
+    let plan = country.and_then(dialing_plan);
+    let international_prefixes: &[&str] = match plan {
+        Some(plan) => &[plan.international_prefix],
+        None => &["0011", "00"],
+    };
+    for prefix in international_prefixes {
+        if let Some(rest) = digits.strip_prefix(prefix) {
+            if !rest.is_empty() {
+                return Some(format!("+{rest}"));
+            }
+        }
+    }
+    let Some(plan) = plan else {
+        return Some(digits);
+    };
+    let national = match plan.trunk_prefix {
+        // North American numbers have 10 digits, so only an 11th digit is a trunk prefix.
+        Some("1") if digits.len() == 11 => &digits[1..],
+        Some("1") => &digits[..],
+        Some(trunk) => digits.strip_prefix(trunk).unwrap_or(&digits),
+        None => &digits[..],
+    };
+    if national.is_empty() {
+        return None;
+    }
+    Some(format!("+{}{national}", plan.calling_code))
+}
+
+/// Cuts a phone number before its extension marker (`x`, `ext`, `#` or `;`
+/// after the first digit, so that a label such as `Fax:` stays).
+fn strip_phone_extension(s: &str) -> &str {
+    let Some(first_digit) = s.find(|c: char| c.is_ascii_digit()) else {
+        return s;
+    };
+    let cut = s[first_digit..]
+        .find(|c: char| matches!(c, 'x' | 'X' | 'e' | 'E' | '#' | ';'))
+        .map(|index| first_digit + index);
+    match cut {
+        Some(index) => &s[..index],
+        None => s,
+    }
+}
+
+/// Returns the length of the country calling code at the start of `digits`.
+///
+/// Calling codes form a prefix code: 1 and 7 have one digit, the two-digit
+/// codes are listed below, and every other code has three digits.
+fn calling_code_length(digits: &str) -> usize {
+    const TWO_DIGIT_CODES: &[&str] = &[
+        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+        "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+        "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+    ];
+    if digits.starts_with('1') || digits.starts_with('7') {
+        1
+    } else if TWO_DIGIT_CODES.iter().any(|code| digits.starts_with(code)) {
+        2
+    } else {
+        3.min(digits.len())
+    }
+}
+
+/// Returns the comparison key of a phone number: its national significant
+/// number, without country code and without a leading `0`.
+///
+/// `0446 495 754` and `+61 446 495 754` both give `446495754`, so numbers
+/// written with and without a country code compare equal when no country is
+/// known. Numbers of different countries with the same national digits also
+/// compare equal. Returns `None` when no digit remains.
+pub fn phone_match_key(s: &str) -> Option<String> {
+    let normalized = normalize_phone(s, None)?;
+    let national = match normalized.strip_prefix('+') {
+        Some(rest) => &rest[calling_code_length(rest)..],
+        None => &normalized[..],
+    };
+    let national = national.strip_prefix('0').unwrap_or(national);
+    (!national.is_empty()).then(|| national.to_string())
+}
+
+/// Normalizes a person or company name: lower-cased, accents removed,
+/// apostrophes removed, other punctuation replaced by spaces and whitespace
+/// collapsed. `O'Brien-Núñez` becomes `obrien nunez`.
+///
+/// Letters that Unicode does not decompose get their usual ASCII spelling
+/// (`ß` as `ss`, `æ` as `ae`, `ø` as `o`, `ł` as `l`). Returns `None` when no
+/// letter or digit remains.
+pub fn normalize_name(s: &str) -> Option<String> {
+    let mut spaced = String::with_capacity(s.len());
+    let mut push = |c: char| {
+        if c.is_alphanumeric() {
+            spaced.push(c);
+        } else if !matches!(c, '\'' | '\u{2019}' | '`' | '\u{b4}') {
+            spaced.push(' ');
+        }
+    };
+    if s.is_ascii() {
+        s.chars().for_each(|c| push(c.to_ascii_lowercase()));
+    } else {
+        for c in s.nfkd().filter(|&c| !is_combining_mark(c)) {
+            for lower in c.to_lowercase() {
+                match lower {
+                    'ß' => "ss".chars().for_each(&mut push),
+                    'æ' => "ae".chars().for_each(&mut push),
+                    'œ' => "oe".chars().for_each(&mut push),
+                    'þ' => "th".chars().for_each(&mut push),
+                    'ø' => push('o'),
+                    'ł' => push('l'),
+                    'đ' | 'ð' => push('d'),
+                    'ı' => push('i'),
+                    other => push(other),
+                }
+            }
+        }
+    }
+    normalize_text(&spaced)
+}
+
+/// Normalizes a postcode: upper-cased with spaces, hyphens and other
+/// punctuation removed, so `sw1a 1aa` becomes `SW1A1AA`. A US ZIP+4 code
+/// (`12345-6789`) keeps its five-digit ZIP code.
+///
+/// Leading zeros stay, so a postcode stored as a number (`800` for `0800`)
+/// does not match. Returns `None` when no letter or digit remains.
+pub fn normalize_postcode(s: &str) -> Option<String> {
+    let trimmed = s.trim();
+    let bytes = trimmed.as_bytes();
+    let zip_plus_four = bytes.len() == 10
+        && bytes[5] == b'-'
+        && bytes[..5].iter().all(u8::is_ascii_digit)
+        && bytes[6..].iter().all(u8::is_ascii_digit);
+    let trimmed = if zip_plus_four {
+        &trimmed[..5]
+    } else {
+        trimmed
+    };
+    let key: String = trimmed
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_uppercase)
+        .collect();
+    (!key.is_empty()).then_some(key)
+}
+
+fn same_postcode_area(a: &str, b: &str) -> bool {
+    let shorter = a.chars().count().min(b.chars().count());
+    if shorter < 4 {
+        return false;
+    }
+    a.chars()
+        .zip(b.chars())
+        .take(shorter - 2)
+        .all(|(x, y)| x == y)
+}
+
+/// Normalizes a web domain or the domain of an email address: lower-cased,
+/// without scheme, `www.`, user, port, path or trailing dot.
+/// `https://www.Example.com.au/about` becomes `example.com.au`. Returns
+/// `None` when nothing remains.
+pub fn normalize_domain(s: &str) -> Option<String> {
+    let mut host = s.trim().to_lowercase();
+    if let Some(index) = host.find("://") {
+        host.drain(..index + 3);
+    }
+    if let Some(index) = host.find(['/', '?', '#']) {
+        host.truncate(index);
+    }
+    if let Some(index) = host.rfind('@') {
+        host.drain(..=index);
+    }
+    if let Some(index) = host.find(':') {
+        host.truncate(index);
+    }
+    let host = host.trim_end_matches('.');
+    let host = host.strip_prefix("www.").unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Returns the organisation label of a normalized domain: the label before
+/// the public suffix, so `mail.example.com.au`, `example.com` and
+/// `example.co.uk` all give `example`.
+///
+/// The public suffix is approximated: a two-letter country code preceded by
+/// `com`, `net`, `org`, `edu`, `gov`, `co`, `ac` or `id` counts as one suffix,
+/// and any other last label is a suffix alone.
+pub fn domain_label(domain: &str) -> &str {
+    const SECOND_LEVEL: &[&str] = &["com", "net", "org", "edu", "gov", "co", "ac", "id"];
+    let labels: Vec<&str> = domain.split('.').collect();
+    let n = labels.len();
+    if n >= 3 && labels[n - 1].len() == 2 && SECOND_LEVEL.contains(&labels[n - 2]) {
+        labels[n - 3]
+    } else if n >= 2 {
+        labels[n - 2]
+    } else {
+        labels[0]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// String similarity
+
+/// Winkler's prefix scale: the weight of each shared leading character.
+const WINKLER_PREFIX_SCALE: f64 = 0.1;
+/// Longest shared prefix that raises the similarity.
+const WINKLER_MAX_PREFIX: usize = 4;
+/// Jaro similarity above which the prefix raises the similarity, as in
+/// Winkler's definition.
+const WINKLER_BOOST_THRESHOLD: f64 = 0.7;
+
+/// Returns the Jaro-Winkler similarity of two strings, from 0 (nothing in
+/// common) to 1 (equal), comparing Unicode scalar values.
+///
+/// The Jaro similarity is `(m/|a| + m/|b| + (m - t)/m) / 3`, where `m` counts
+/// the characters that match within a window of `max(|a|, |b|) / 2 - 1`
+/// positions and `t` is half the number of matched characters that appear in
+/// a different order. When it exceeds 0.7, Winkler's rule adds `l * 0.1 *
+/// (1 - jaro)` for a shared prefix of `l` characters, at most 4. Two empty
+/// strings have similarity 1, and an empty and a non-empty string 0.
+pub fn jaro_winkler(a: &str, b: &str) -> f64 {
+    if a.is_ascii() && b.is_ascii() {
+        jaro_winkler_units(a.as_bytes(), b.as_bytes())
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        jaro_winkler_units(&a, &b)
+    }
+}
+
+fn jaro_winkler_units<T: Copy + Eq>(a: &[T], b: &[T]) -> f64 {
+    let jaro = jaro_units(a, b);
+    if jaro <= WINKLER_BOOST_THRESHOLD {
+        return jaro;
+    }
+    let prefix = a
+        .iter()
+        .zip(b)
+        .take(WINKLER_MAX_PREFIX)
+        .take_while(|(x, y)| x == y)
+        .count();
+    jaro + prefix as f64 * WINKLER_PREFIX_SCALE * (1.0 - jaro)
+}
+
+fn jaro_units<T: Copy + Eq>(a: &[T], b: &[T]) -> f64 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let window = (a.len().max(b.len()) / 2).saturating_sub(1);
+
+    // Names and emails are short, so the match flags usually fit on the stack.
+    let mut a_stack = [false; 64];
+    let mut b_stack = [false; 64];
+    let mut a_heap = Vec::new();
+    let mut b_heap = Vec::new();
+    let a_matched: &mut [bool] = if a.len() <= 64 {
+        &mut a_stack[..a.len()]
+    } else {
+        a_heap.resize(a.len(), false);
+        &mut a_heap
+    };
+    let b_matched: &mut [bool] = if b.len() <= 64 {
+        &mut b_stack[..b.len()]
+    } else {
+        b_heap.resize(b.len(), false);
+        &mut b_heap
+    };
+
+    let mut matches = 0usize;
+    for (i, &unit) in a.iter().enumerate() {
+        let start = i.saturating_sub(window);
+        let end = (i + window + 1).min(b.len());
+        for j in start..end {
+            if !b_matched[j] && b[j] == unit {
+                a_matched[i] = true;
+                b_matched[j] = true;
+                matches += 1;
+                break;
+            }
+        }
+    }
+    if matches == 0 {
+        return 0.0;
+    }
+
+    // Walk both strings' matched characters in order and count the mismatches.
+    let mut out_of_order = 0usize;
+    let mut j = 0usize;
+    for (i, &unit) in a.iter().enumerate() {
+        if !a_matched[i] {
+            continue;
+        }
+        while !b_matched[j] {
+            j += 1;
+        }
+        if b[j] != unit {
+            out_of_order += 1;
+        }
+        j += 1;
+    }
+    let m = matches as f64;
+    let transpositions = out_of_order as f64 / 2.0;
+    (m / a.len() as f64 + m / b.len() as f64 + (m - transpositions) / m) / 3.0
+}
+
+/// Returns the Levenshtein distance of two strings: the least number of
+/// single-character insertions, deletions and substitutions that turn one
+/// into the other, counting Unicode scalar values.
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    if a.is_ascii() && b.is_ascii() {
+        levenshtein_units(a.as_bytes(), b.as_bytes())
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        levenshtein_units(&a, &b)
+    }
+}
+
+fn levenshtein_units<T: Copy + Eq>(a: &[T], b: &[T]) -> usize {
+    let (a, b) = if a.len() < b.len() { (b, a) } else { (a, b) };
+    if b.is_empty() {
+        return a.len();
+    }
+    // One row of the dynamic-programming table over the shorter string.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &unit_a) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &unit_b) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(unit_a != unit_b);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Tells whether two different strings are one typing error apart: one
+/// insertion, deletion or substitution, or two adjacent characters swapped.
+/// Equal strings return `false`.
+pub fn is_one_typo(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        is_one_typo_units(a.as_bytes(), b.as_bytes())
+    } else {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        is_one_typo_units(&a, &b)
+    }
+}
+
+fn is_one_typo_units<T: Copy + Eq>(a: &[T], b: &[T]) -> bool {
+    let (a, b) = if a.len() < b.len() { (b, a) } else { (a, b) };
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    match a.len() - b.len() {
+        0 => {
+            if prefix == a.len() {
+                return false;
+            }
+            let substituted = a[prefix + 1..] == b[prefix + 1..];
+            let swapped = prefix + 1 < a.len()
+                && a[prefix] == b[prefix + 1]
+                && a[prefix + 1] == b[prefix]
+                && a[prefix + 2..] == b[prefix + 2..];
+            substituted || swapped
+        }
+        // The longer string has one extra character at the first difference.
+        1 => a[prefix + 1..] == b[prefix..],
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Match keys of all records
+
+/// The match keys of every record and field, computed once and shared by
+/// blocking, training and scoring.
+#[derive(Clone, Debug)]
+pub struct MatchKeys {
+    specs: Vec<FieldSpec>,
+    /// `keys[field][record]`.
+    keys: Vec<Vec<Option<Box<str>>>>,
+    records: usize,
+}
+
+impl MatchKeys {
+    /// Normalizes every field of every record with its spec's comparison.
+    ///
+    /// Fails when the specs are invalid or a record has the wrong number of
+    /// fields.
+    pub fn new(records: &[Record], specs: &[FieldSpec]) -> Result<Self, MatchError> {
+        validate(specs, &[])?;
+        if records.len() > u32::MAX as usize {
+            return Err(MatchError::TooManyRecords { got: records.len() });
+        }
+        if let Some(record) = records.iter().find(|r| r.fields.len() != specs.len()) {
+            return Err(MatchError::FieldCount {
+                record_id: record.id.clone(),
+                expected: specs.len(),
+                got: record.fields.len(),
+            });
+        }
+        let keys = (0..specs.len())
+            .map(|field| {
+                let comparison = &specs[field].comparison;
+                records
+                    .par_iter()
+                    .map(|record| {
+                        record.fields[field]
+                            .as_deref()
+                            .and_then(|value| comparison.match_key(value))
+                            .map(String::into_boxed_str)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            specs: specs.to_vec(),
+            keys,
+            records: records.len(),
+        })
+    }
+
+    /// Returns the number of records.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Tells whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Returns the field specs the keys were made with.
+    pub fn specs(&self) -> &[FieldSpec] {
+        &self.specs
+    }
+
+    /// Returns the match key of one field of one record.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `field` or `record` is out of range.
+    pub fn key(&self, field: usize, record: usize) -> Option<&str> {
+        self.keys[field][record].as_deref()
+    }
+
+    /// Writes the comparison level of every field for records `a` and `b`.
+    fn levels_into(&self, a: usize, b: usize, levels: &mut [u8]) {
+        for (field, level) in levels.iter_mut().enumerate() {
+            let column = &self.keys[field];
+            *level = match (column[a].as_deref(), column[b].as_deref()) {
+                (Some(key_a), Some(key_b)) => self.specs[field].comparison.compare_keys(key_a, key_b),
+                _ => 0,
+            };
+        }
+    }
+
+    /// Returns the comparison levels of every field for records `a` and `b`.
+    pub fn levels(&self, a: u32, b: u32) -> Vec<u8> {
+        let mut levels = vec![0; self.specs.len()];
+        self.levels_into(a as usize, b as usize, &mut levels);
+        levels
+    }
+
+    fn check_pairs(&self, pairs: &[(u32, u32)]) -> Result<(), MatchError> {
+        let records = self.records;
+        match pairs
+            .iter()
+            .find(|&&(a, b)| a == b || a as usize >= records || b as usize >= records)
+        {
+            Some(&(a, b)) => Err(MatchError::InvalidPair { a, b, records }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sets to null every field value whose match key equals the match key of
+/// one of `values` under the field's comparison, and returns how many values
+/// were cleared.
+///
+/// Placeholders such as `n/a`, `test` or `0000000000` then count as missing
+/// in scoring too, not only in [`block`]. The records are the caller's
+/// working copies, so stored values stay as they are. Records with the wrong
+/// number of fields are left unchanged.
+pub fn clear_placeholder_values(
+    records: &mut [Record],
+    specs: &[FieldSpec],
+    values: &[String],
+) -> usize {
+    let placeholders = placeholder_keys(specs, values);
+    let mut cleared = 0;
+    for record in records.iter_mut().filter(|r| r.fields.len() == specs.len()) {
+        for (field, value) in record.fields.iter_mut().enumerate() {
+            let is_placeholder = value
+                .as_deref()
+                .and_then(|v| specs[field].comparison.match_key(v))
+                .is_some_and(|key| placeholders[field].contains(&key));
+            if is_placeholder {
+                *value = None;
+                cleared += 1;
+            }
+        }
+    }
+    cleared
+}
+
+/// Returns, per field, the match keys of the placeholder values.
+fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<String>> {
+    specs
+        .iter()
+        .map(|spec| {
+            values
+                .iter()
+                .filter_map(|value| spec.comparison.match_key(value))
+                .collect()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Blocking
+
+/// One key of a [`BlockingRule`]: a field's match key, or its first
+/// `prefix` characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockingKey {
+    /// Name of a [`FieldSpec`].
+    pub field: String,
+    /// Number of leading characters of the match key that must agree, or
+    /// `None` for the whole key. A key shorter than the prefix is used whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<usize>,
+}
+
+/// A blocking rule: two records form a candidate pair when all keys of the
+/// rule are non-null and equal.
+///
+/// In configuration a rule is `{ keys = [{ field = "last_name", prefix = 3 },
+/// { field = "postcode" }] }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockingRule {
+    /// Keys that must all agree, at least one.
+    pub keys: Vec<BlockingKey>,
+}
+
+impl BlockingRule {
+    /// Creates a rule on the whole match keys of `fields`.
+    pub fn on(fields: &[&str]) -> Self {
+        Self {
+            keys: fields
+                .iter()
+                .map(|&field| BlockingKey {
+                    field: field.to_string(),
+                    prefix: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Creates a rule on the first `length` characters of one field's match key.
+    pub fn prefix(field: &str, length: usize) -> Self {
+        Self {
+            keys: vec![BlockingKey {
+                field: field.to_string(),
+                prefix: Some(length),
+            }],
+        }
+    }
+
+    /// Describes the rule, for example `last_name[..3] & postcode`.
+    pub fn describe(&self) -> String {
+        self.keys
+            .iter()
+            .map(|key| match key.prefix {
+                Some(length) => format!("{}[..{length}]", key.field),
+                None => key.field.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(" & ")
+    }
+
+    /// Returns the field index and prefix of every key.
+    fn resolve(
+        &self,
+        index: usize,
+        specs: &[FieldSpec],
+    ) -> Result<Vec<(usize, Option<usize>)>, MatchError> {
+        if self.keys.is_empty() {
+            return Err(MatchError::InvalidRule {
+                rule: index,
+                reason: "it has no keys".to_string(),
+            });
+        }
+        self.keys
+            .iter()
+            .map(|key| {
+                if key.prefix == Some(0) {
+                    return Err(MatchError::InvalidRule {
+                        rule: index,
+                        reason: format!("prefix of field {} is 0; use 1 or more", key.field),
+                    });
+                }
+                let field = specs.iter().position(|spec| spec.name == key.field).ok_or_else(|| {
+                    MatchError::UnknownField {
+                        rule: index,
+                        field: key.field.clone(),
+                        known: specs
+                            .iter()
+                            .map(|spec| spec.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?;
+                Ok((field, key.prefix))
+            })
+            .collect()
+    }
+}
+
+/// Candidate pairs found by [`block`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocking {
+    /// Record index pairs `(i, j)` with `i < j`, sorted and without repeats.
+    pub pairs: Vec<(u32, u32)>,
+    /// Blocks left out because they had more records than the maximum block
+    /// size: the rule and key (`last_name=smith`) and the number of records,
+    /// largest first.
+    pub skipped_blocks: Vec<(String, usize)>,
+    /// Number of pairs each rule added that no earlier rule had found.
+    pub rule_pairs: Vec<usize>,
+}
+
+/// Block id of records that are in no block of a rule.
+const NO_BLOCK: u32 = u32::MAX;
+
+/// Separates the parts of a composite block key; it cannot occur in a match key
+/// that came from a table cell in practice, and a collision only adds pairs.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+/// Finds candidate pairs: records whose match keys agree on every key of at
+/// least one rule.
+///
+/// A record is in no block of a rule when one of the rule's keys is null or
+/// is a placeholder, a key equal to the match key of one of `blocked_values`
+/// under the field's comparison (`n/a`, `test`, `0000000000`). A block with
+/// more than `max_block_size` records yields no pairs and is listed in
+/// [`Blocking::skipped_blocks`]. A pair that several rules find is listed
+/// once.
+///
+/// # Panics
+///
+/// Panics if [`validate`] rejects the specs or rules, or a record has the
+/// wrong number of fields; [`block_keys`] returns these as errors instead.
+pub fn block(
+    records: &[Record],
+    specs: &[FieldSpec],
+    rules: &[BlockingRule],
+    max_block_size: usize,
+    blocked_values: &[String],
+) -> Blocking {
+    let keys = MatchKeys::new(records, specs).unwrap_or_else(|error| panic!("{error}"));
+    block_keys(&keys, rules, max_block_size, blocked_values).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Finds candidate pairs from precomputed match keys, as [`block`] does.
+pub fn block_keys(
+    keys: &MatchKeys,
+    rules: &[BlockingRule],
+    max_block_size: usize,
+    blocked_values: &[String],
+) -> Result<Blocking, MatchError> {
+    let resolved = rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| rule.resolve(index, &keys.specs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let placeholders = placeholder_keys(&keys.specs, blocked_values);
+
+    let mut block_of_rule: Vec<Vec<u32>> = Vec::with_capacity(rules.len());
+    let mut pairs = Vec::new();
+    let mut skipped_blocks = Vec::new();
+    let mut rule_pairs = Vec::with_capacity(rules.len());
+    for (rule, rule_keys) in rules.iter().zip(&resolved) {
+        let record_keys = block_key_of_records(keys, rule_keys, &placeholders);
+        let (block_of, members, starts) =
+            group_blocks(&record_keys, max_block_size, rule, &mut skipped_blocks);
+        let earlier = &block_of_rule;
+        let found: Vec<(u32, u32)> = starts
+            .par_windows(2)
+            .flat_map_iter(|window| {
+                let block = &members[window[0] as usize..window[1] as usize];
+                block_pairs(block, earlier)
+            })
+            .collect();
+        rule_pairs.push(found.len());
+        pairs.extend(found);
+        block_of_rule.push(block_of);
+    }
+    pairs.par_sort_unstable();
+    skipped_blocks.sort_by(|a: &(String, usize), b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(Blocking {
+        pairs,
+        skipped_blocks,
+        rule_pairs,
+    })
+}
+
+/// Returns the composite block key of every record under one rule, `None`
+/// where a key is null or a placeholder.
+fn block_key_of_records(
+    keys: &MatchKeys,
+    rule_keys: &[(usize, Option<usize>)],
+    placeholders: &[HashSet<String>],
+) -> Vec<Option<String>> {
+    (0..keys.records)
+        .into_par_iter()
+        .map(|record| {
+            let mut composite = String::new();
+            for (position, &(field, prefix)) in rule_keys.iter().enumerate() {
+                let key = keys.keys[field][record].as_deref()?;
+                if placeholders[field].contains(key) {
+                    return None;
+                }
+                if position > 0 {
+                    composite.push(KEY_SEPARATOR);
+                }
+                match prefix {
+                    Some(length) => composite.extend(key.chars().take(length)),
+                    None => composite.push_str(key),
+                }
+            }
+            Some(composite)
+        })
+        .collect()
+}
+
+/// Groups records by block key.
+///
+/// Returns the block id of every record ([`NO_BLOCK`] for records without a
+/// key or in a skipped block) and the members of the blocks with at least
+/// two records, concatenated in ascending record order, with `starts` giving
+/// each block's offset and a final end offset.
+fn group_blocks(
+    record_keys: &[Option<String>],
+    max_block_size: usize,
+    rule: &BlockingRule,
+    skipped_blocks: &mut Vec<(String, usize)>,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut block_of = vec![NO_BLOCK; record_keys.len()];
+    let mut sizes: Vec<u32> = Vec::new();
+    let mut first_key: Vec<&str> = Vec::new();
+    for (record, key) in record_keys.iter().enumerate() {
+        let Some(key) = key.as_deref() else { continue };
+        let id = *ids.entry(key).or_insert_with(|| {
+            sizes.push(0);
+            first_key.push(key);
+            (sizes.len() - 1) as u32
+        });
+        sizes[id as usize] += 1;
+        block_of[record] = id;
+    }
+
+    // Blocks that yield pairs get dense new ids; the rest get NO_BLOCK.
+    let mut dense = vec![NO_BLOCK; sizes.len()];
+    let mut starts = vec![0u32];
+    for (id, &size) in sizes.iter().enumerate() {
+        if size as usize > max_block_size {
+            skipped_blocks.push((describe_block(rule, first_key[id]), size as usize));
+        } else if size >= 2 {
+            dense[id] = (starts.len() - 1) as u32;
+            starts.push(starts[starts.len() - 1] + size);
+        }
+    }
+    let mut fill = starts.clone();
+    let mut members = vec![0u32; *starts.last().unwrap_or(&0) as usize];
+    for (record, block) in block_of.iter_mut().enumerate() {
+        if *block == NO_BLOCK {
+            continue;
+        }
+        *block = dense[*block as usize];
+        if *block != NO_BLOCK {
+            let slot = &mut fill[*block as usize];
+            members[*slot as usize] = record as u32;
+            *slot += 1;
+        }
+    }
+    (block_of, members, starts)
+}
+
+/// Describes one block as `field=key` parts, for example `last_name[..3]=smi`.
+fn describe_block(rule: &BlockingRule, composite: &str) -> String {
+    rule.keys
+        .iter()
+        .zip(composite.split(KEY_SEPARATOR))
+        .map(|(key, part)| match key.prefix {
+            Some(length) => format!("{}[..{length}]={part}", key.field),
+            None => format!("{}={part}", key.field),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Returns the pairs of one block that no earlier rule has found.
+fn block_pairs<'a>(
+    block: &'a [u32],
+    earlier: &'a [Vec<u32>],
+) -> impl Iterator<Item = (u32, u32)> + 'a {
+    block.iter().enumerate().flat_map(move |(position, &a)| {
+        block[position + 1..].iter().filter_map(move |&b| {
+            let found_before = earlier.iter().any(|block_of| {
+                let block_a = block_of[a as usize];
+                block_a != NO_BLOCK && block_a == block_of[b as usize]
+            });
+            (!found_before).then_some((a, b))
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Fellegi-Sunter model
+
+/// Smallest `m` or `u` probability, so that no level gets an infinite weight.
+const MIN_PROBABILITY: f64 = 1e-6;
+/// Largest number of EM iterations.
+pub const MAX_EM_ITERATIONS: u32 = 100;
+/// EM stops when no parameter changes by more than this.
+const EM_TOLERANCE: f64 = 1e-6;
+/// Starting share of matches among the candidate pairs.
+const INITIAL_LAMBDA: f64 = 0.1;
+
+/// A trained Fellegi-Sunter model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Parameters per field, in the order of the field specs.
+    pub fields: Vec<FieldModel>,
+    /// Prior probability that a candidate pair is a match, estimated by EM on
+    /// the candidate pairs. It is the prior of pairs found by the same
+    /// blocking, not of two random records.
+    pub lambda: f64,
+    /// Number of EM iterations run, at most [`MAX_EM_ITERATIONS`].
+    pub em_iterations: u32,
+}
+
+/// Parameters of one field, indexed by comparison level.
+///
+/// Level 0 (null) has `m = u = 1`, so a missing value adds nothing to the
+/// match weight. The other levels' `m` and `u` each sum to 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldModel {
+    /// Field name.
+    pub name: String,
+    /// Probability of each level among matching pairs.
+    pub m: Vec<f64>,
+    /// Probability of each level among non-matching pairs.
+    pub u: Vec<f64>,
+}
+
+impl FieldModel {
+    /// Returns the match weight `log2(m / u)` of each level.
+    pub fn level_weights(&self) -> Vec<f64> {
+        self.m
+            .iter()
+            .zip(&self.u)
+            .map(|(m, u)| (m / u).log2())
+            .collect()
+    }
+}
+
+/// A candidate pair with its score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredPair {
+    /// Index of the first record.
+    pub a: u32,
+    /// Index of the second record.
+    pub b: u32,
+    /// Prior log-odds plus the sum of the fields' `log2(m / u)`.
+    pub match_weight: f64,
+    /// Match probability, `2^w / (1 + 2^w)` of the match weight `w`.
+    pub probability: f64,
+    /// Comparison level of every field.
+    pub levels: Vec<u8>,
+}
+
+/// Trains a Fellegi-Sunter model.
+///
+/// `u` is counted on `u_sample_pairs` random record pairs drawn with the
+/// given seed (on all pairs when there are no more than that), with one added
+/// to each level's count so that no level has `u = 0`. Then EM estimates `m`
+/// and `lambda` on the candidate `pairs` with `u` fixed, starting from
+/// `lambda` = 0.1 and `m` rising fourfold per level. It stops when no
+/// parameter changes by more than 1e-6, or after [`MAX_EM_ITERATIONS`]. The
+/// result depends only on the inputs and the seed.
+///
+/// NOTE: candidate pairs are chosen by agreement on the blocking fields, so
+/// EM overestimates `m` of agreement on those fields. Splink avoids this
+/// with one EM run per blocking rule that leaves the rule's fields out.
+pub fn train(
+    records: &[Record],
+    specs: &[FieldSpec],
+    pairs: &[(u32, u32)],
+    seed: u64,
+    u_sample_pairs: usize,
+) -> Result<Model, MatchError> {
+    let keys = MatchKeys::new(records, specs)?;
+    train_keys(&keys, pairs, seed, u_sample_pairs)
+}
+
+/// Trains a model from precomputed match keys, as [`train`] does.
+pub fn train_keys(
+    keys: &MatchKeys,
+    pairs: &[(u32, u32)],
+    seed: u64,
+    u_sample_pairs: usize,
+) -> Result<Model, MatchError> {
+    if keys.records < 2 {
+        return Err(MatchError::TooFewRecords { got: keys.records });
+    }
+    if u_sample_pairs == 0 {
+        return Err(MatchError::NoSamplePairs);
+    }
+    if pairs.is_empty() {
+        return Err(MatchError::NoCandidatePairs);
+    }
+    keys.check_pairs(pairs)?;
+
+    let level_counts: Vec<usize> = keys.specs.iter().map(|s| s.comparison.level_count()).collect();
+    let sample = sample_pairs(keys.records, seed, u_sample_pairs);
+    let u = estimate_u(keys, &sample, &level_counts);
+    let patterns = level_patterns(keys, pairs);
+    let (m, lambda, em_iterations) = expectation_maximisation(&patterns, &u, &level_counts);
+
+    let fields = keys
+        .specs
+        .iter()
+        .zip(m.into_iter().zip(u))
+        .map(|(spec, (m, u))| FieldModel {
+            name: spec.name.clone(),
+            m,
+            u,
+        })
+        .collect();
+    Ok(Model {
+        fields,
+        lambda,
+        em_iterations,
+    })
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): a small seeded generator of
+/// uniform 64-bit values.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Returns a value below `bound` by multiply-and-shift, biased by at most
+    /// `bound / 2^64`.
+    fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+/// Returns `count` random pairs of distinct records, drawn with replacement,
+/// or every pair when there are no more than `count`.
+fn sample_pairs(records: usize, seed: u64, count: usize) -> Vec<(u32, u32)> {
+    let n = records as u64;
+    let all_pairs = u128::from(n) * u128::from(n - 1) / 2;
+    if all_pairs <= count as u128 {
+        return (0..records as u32)
+            .flat_map(|a| (a + 1..records as u32).map(move |b| (a, b)))
+            .collect();
+    }
+    let mut rng = SplitMix64(seed);
+    (0..count)
+        .map(|_| {
+            let a = rng.below(n);
+            let mut b = rng.below(n - 1);
+            if b >= a {
+                b += 1;
+            }
+            (a as u32, b as u32)
+        })
+        .collect()
+}
+
+/// Counts the levels of the sampled pairs and returns `u` per field and level.
+fn estimate_u(keys: &MatchKeys, sample: &[(u32, u32)], level_counts: &[usize]) -> Vec<Vec<f64>> {
+    let empty = || -> Vec<Vec<u64>> { level_counts.iter().map(|&n| vec![0; n]).collect() };
+    let counts = sample
+        .par_chunks(4096)
+        .map(|chunk| {
+            let mut counts = empty();
+            let mut levels = vec![0u8; level_counts.len()];
+            for &(a, b) in chunk {
+                keys.levels_into(a as usize, b as usize, &mut levels);
+                for (field, &level) in levels.iter().enumerate() {
+                    counts[field][level as usize] += 1;
+                }
+            }
+            counts
+        })
+        .reduce(empty, |mut total, part| {
+            for (total_field, part_field) in total.iter_mut().zip(part) {
+                for (t, p) in total_field.iter_mut().zip(part_field) {
+                    *t += p;
+                }
+            }
+            total
+        });
+    counts
+        .iter()
+        .map(|field_counts| {
+            let non_null: u64 = field_counts[1..].iter().sum();
+            let total = (non_null + field_counts.len() as u64 - 1) as f64;
+            let mut u: Vec<f64> = field_counts
+                .iter()
+                .map(|&count| (count + 1) as f64 / total)
+                .collect();
+            u[0] = 1.0;
+            u
+        })
+        .collect()
+}
+
+/// Returns each distinct level vector of the pairs with its number of pairs,
+/// sorted by level vector so that sums run in a fixed order.
+fn level_patterns(keys: &MatchKeys, pairs: &[(u32, u32)]) -> Vec<(Vec<u8>, u64)> {
+    let field_count = keys.specs.len();
+    let counts = pairs
+        .par_chunks(4096)
+        .map(|chunk| {
+            let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+            let mut levels = vec![0u8; field_count];
+            for &(a, b) in chunk {
+                keys.levels_into(a as usize, b as usize, &mut levels);
+                match counts.get_mut(&levels) {
+                    Some(count) => *count += 1,
+                    None => {
+                        counts.insert(levels.clone(), 1);
+                    }
+                }
+            }
+            counts
+        })
+        .reduce(HashMap::new, |mut total, part| {
+            for (pattern, count) in part {
+                *total.entry(pattern).or_insert(0) += count;
+            }
+            total
+        });
+    let mut patterns: Vec<(Vec<u8>, u64)> = counts.into_iter().collect();
+    patterns.sort_unstable();
+    patterns
+}
+
+/// Estimates `m` and `lambda` by EM with `u` fixed; returns them with the
+/// number of iterations run.
+fn expectation_maximisation(
+    patterns: &[(Vec<u8>, u64)],
+    u: &[Vec<f64>],
+    level_counts: &[usize],
+) -> (Vec<Vec<f64>>, f64, u32) {
+    let mut m: Vec<Vec<f64>> = level_counts.iter().map(|&n| initial_m(n)).collect();
+    let mut lambda = INITIAL_LAMBDA;
+    let total: u64 = patterns.iter().map(|(_, count)| count).sum();
+    let mut iterations = 0;
+    while iterations < MAX_EM_ITERATIONS {
+        iterations += 1;
+
+        // Expectation: the match probability of each pattern under the current
+        // parameters, summed per field and level.
+        let mut expected_matches = 0.0;
+        let mut match_levels: Vec<Vec<f64>> = level_counts.iter().map(|&n| vec![0.0; n]).collect();
+        let prior = (lambda / (1.0 - lambda)).ln();
+        for (pattern, count) in patterns {
+            let log_odds: f64 = prior
+                + pattern
+                    .iter()
+                    .enumerate()
+                    .map(|(field, &level)| (m[field][level as usize] / u[field][level as usize]).ln())
+                    .sum::<f64>();
+            let weight = *count as f64 * logistic(log_odds);
+            expected_matches += weight;
+            for (field, &level) in pattern.iter().enumerate() {
+                match_levels[field][level as usize] += weight;
+            }
+        }
+
+        // Maximisation: m is the share of each level among the expected matches.
+        let mut change: f64 = 0.0;
+        let new_lambda = (expected_matches / total as f64).clamp(MIN_PROBABILITY, 1.0 - MIN_PROBABILITY);
+        change = change.max((new_lambda - lambda).abs());
+        lambda = new_lambda;
+        for (field_m, field_levels) in m.iter_mut().zip(&match_levels) {
+            let non_null: f64 = field_levels[1..].iter().sum();
+            if non_null <= 0.0 {
+                continue;
+            }
+            let mut new_m: Vec<f64> = field_levels
+                .iter()
+                .map(|&weight| (weight / non_null).max(MIN_PROBABILITY))
+                .collect();
+            let sum: f64 = new_m[1..].iter().sum();
+            new_m.iter_mut().skip(1).for_each(|p| *p /= sum);
+            new_m[0] = 1.0;
+            for (old, new) in field_m.iter().zip(&new_m) {
+                change = change.max((old - new).abs());
+            }
+            *field_m = new_m;
+        }
+        if change < EM_TOLERANCE {
+            break;
+        }
+    }
+    (m, lambda, iterations)
+}
+
+/// Starting `m` of a field: level 0 is 1, and the other levels rise fourfold
+/// per level and sum to 1, so that the match component starts on agreement.
+fn initial_m(level_count: usize) -> Vec<f64> {
+    let weights: Vec<f64> = (1..level_count).map(|level| 4f64.powi(level as i32 - 1)).collect();
+    let sum: f64 = weights.iter().sum();
+    std::iter::once(1.0)
+        .chain(weights.iter().map(|w| w / sum))
+        .collect()
+}
+
+/// Returns `1 / (1 + e^-x)` without overflow.
+fn logistic(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Scores candidate pairs with a trained model, in the order of `pairs`.
+///
+/// # Panics
+///
+/// Panics if the model does not fit the specs (field count, names or level
+/// counts), if [`validate`] rejects the specs, if a record has the wrong
+/// number of fields, or if a pair is out of range.
+pub fn score(model: &Model, records: &[Record], specs: &[FieldSpec], pairs: &[(u32, u32)]) -> Vec<ScoredPair> {
+    let keys = MatchKeys::new(records, specs).unwrap_or_else(|error| panic!("{error}"));
+    score_keys(model, &keys, pairs)
+}
+
+/// Scores candidate pairs from precomputed match keys, as [`score`] does.
+///
+/// # Panics
+///
+/// Panics if the model does not fit the keys' specs or a pair is out of range.
+pub fn score_keys(model: &Model, keys: &MatchKeys, pairs: &[(u32, u32)]) -> Vec<ScoredPair> {
+    assert_eq!(
+        model.fields.len(),
+        keys.specs.len(),
+        "the model has {} fields but there are {} field specs",
+        model.fields.len(),
+        keys.specs.len()
+    );
+    for (field, spec) in model.fields.iter().zip(&keys.specs) {
+        assert!(
+            field.name == spec.name
+                && field.m.len() == spec.comparison.level_count()
+                && field.u.len() == spec.comparison.level_count(),
+            "model field {} does not fit field spec {} with {} levels",
+            field.name,
+            spec.name,
+            spec.comparison.level_count()
+        );
+    }
+    if let Err(error) = keys.check_pairs(pairs) {
+        panic!("{error}");
+    }
+
+    let prior = (model.lambda / (1.0 - model.lambda)).log2();
+    let weights: Vec<Vec<f64>> = model.fields.iter().map(FieldModel::level_weights).collect();
+    pairs
+        .par_iter()
+        .map(|&(a, b)| {
+            let levels = keys.levels(a, b);
+            let match_weight = prior
+                + levels
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&level, field_weights)| field_weights[level as usize])
+                    .sum::<f64>();
+            ScoredPair {
+                a,
+                b,
+                match_weight,
+                probability: logistic(match_weight * std::f64::consts::LN_2),
+                levels,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Clusters
+
+/// Returns the pairs whose probability is at least `min_probability`.
+pub fn links(scored: &[ScoredPair], min_probability: f64) -> Vec<(u32, u32)> {
+    scored
+        .iter()
+        .filter(|pair| pair.probability >= min_probability)
+        .map(|pair| (pair.a, pair.b))
+        .collect()
+}
+
+/// Returns the connected component of every record under the links, named by
+/// its smallest record index. A record without links is its own cluster.
+///
+/// # Panics
+///
+/// Panics if a link names a record index of `n` or more.
+pub fn clusters(n: usize, links: &[(u32, u32)]) -> Vec<u32> {
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    fn root(parent: &mut [u32], mut node: u32) -> u32 {
+        while parent[node as usize] != node {
+            // Path halving: point each visited node at its grandparent.
+            let grandparent = parent[parent[node as usize] as usize];
+            parent[node as usize] = grandparent;
+            node = grandparent;
+        }
+        node
+    }
+    for &(a, b) in links {
+        assert!(
+            (a as usize) < n && (b as usize) < n,
+            "link ({a}, {b}) is out of range for {n} records"
+        );
+        let root_a = root(&mut parent, a);
+        let root_b = root(&mut parent, b);
+        // The smaller root becomes the parent, so every root is its cluster's minimum.
+        if root_a < root_b {
+            parent[root_b as usize] = root_a;
+        } else {
+            parent[root_a as usize] = root_b;
+        }
+    }
+    (0..n as u32).map(|node| root(&mut parent, node)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn spec(name: &str, comparison: Comparison) -> FieldSpec {
+        FieldSpec::new(name, comparison)
+    }
+
+    fn record(id: &str, fields: &[Option<&str>]) -> Record {
+        Record {
+            id: id.to_string(),
+            fields: fields.iter().map(|f| f.map(str::to_string)).collect(),
+        }
+    }
+
+    fn close(actual: f64, expected: f64) -> bool {
+        (actual - expected).abs() < 1e-4
+    }
+
+    // -- match keys --------------------------------------------------------
+
+    #[test]
+    fn normalize_text_trims_and_folds() {
+        assert_eq!(normalize_text("  New   South\tWales "), Some("new south wales".into()));
+        assert_eq!(normalize_text("ÉVORA"), Some("évora".into()));
+        assert_eq!(normalize_text(" \t "), None);
+        assert_eq!(normalize_text(""), None);
+    }
+
+    #[test]
+    fn normalize_email_cases() {
+        assert_eq!(normalize_email("  Sarah.Bruhn@GMAIL.com "), Some("sarah.bruhn@gmail.com".into()));
+        assert_eq!(normalize_email("MAILTO:a@b.com"), Some("a@b.com".into()));
+        assert_eq!(normalize_email("n/a"), None);
+        assert_eq!(normalize_email("@example.com"), None);
+        assert_eq!(normalize_email("someone@"), None);
+        assert_eq!(normalize_email("   "), None);
+        // Provider rules are not applied here.
+        assert_eq!(normalize_email("a.b+news@gmail.com"), Some("a.b+news@gmail.com".into()));
+    }
+
+    #[test]
+    fn normalize_phone_national_numbers() {
+        let cases = [
+            ("0446 495 754", Some("AU"), "+61446495754"),
+            ("+61 446 495 754", Some("AU"), "+61446495754"),
+            ("(02) 9374 4000", Some("au"), "+61293744000"),
+            ("+61 (0)2 9374 4000", None, "+61293744000"),
+            ("0011 44 20 7946 0000", Some("AU"), "+442079460000"),
+            ("(415) 555-1234", Some("US"), "+14155551234"),
+            ("1-415-555-1234", Some("CA"), "+14155551234"),
+            ("011 44 20 7946 0000", Some("US"), "+442079460000"),
+            ("020 7946 0000", Some("GB"), "+442079460000"),
+            ("030 1234567", Some("DE"), "+49301234567"),
+            ("06 12 34 56 78", Some("FR"), "+33612345678"),
+            ("020-123 4567", Some("NL"), "+31201234567"),
+            ("06 1234 5678", Some("IT"), "+390612345678"),
+            ("0049 30 1234567", Some("DE"), "+49301234567"),
+            ("0446 495 754", None, "0446495754"),
+            ("0446 495 754", Some("ZZ"), "0446495754"),
+            ("0011 44 20 7946 0000", None, "+442079460000"),
+            ("0044 20 7946 0000", None, "+442079460000"),
+            ("02 9374 4000 ext. 12", Some("AU"), "+61293744000"),
+            ("02 9374 4000 x12", Some("AU"), "+61293744000"),
+            ("Fax: 02 9374 4000", Some("AU"), "+61293744000"),
+        ];
+        for (input, country, expected) in cases {
+            assert_eq!(
+                normalize_phone(input, country).as_deref(),
+                Some(expected),
+                "normalize_phone({input:?}, {country:?})"
+            );
+        }
+        assert_eq!(normalize_phone("n/a", Some("AU")), None);
+        assert_eq!(normalize_phone("", None), None);
+        assert_eq!(normalize_phone("0", Some("AU")), None);
+    }
+
+    #[test]
+    fn phone_match_key_ignores_notation() {
+        let key = phone_match_key("0446 495 754");
+        assert_eq!(key.as_deref(), Some("446495754"));
+        assert_eq!(phone_match_key("+61 446 495 754"), key);
+        assert_eq!(phone_match_key("+61446495754"), key);
+        assert_eq!(phone_match_key("0446495754"), key);
+        assert_eq!(phone_match_key("(02) 9374 4000"), phone_match_key("+61 2 9374 4000"));
+        // Italy keeps its leading 0 in international form.
+        assert_eq!(phone_match_key("06 1234 5678"), phone_match_key("+39 06 1234 5678"));
+        assert_eq!(phone_match_key("+1 415 555 1234").as_deref(), Some("4155551234"));
+        assert_eq!(phone_match_key("+353 1 234 5678").as_deref(), Some("12345678"));
+        assert_eq!(phone_match_key("none"), None);
+    }
+
+    #[test]
+    fn calling_code_lengths() {
+        assert_eq!(calling_code_length("14155551234"), 1);
+        assert_eq!(calling_code_length("74951234567"), 1);
+        assert_eq!(calling_code_length("61446495754"), 2);
+        assert_eq!(calling_code_length("442079460000"), 2);
+        assert_eq!(calling_code_length("35312345678"), 3);
+        assert_eq!(calling_code_length("85212345678"), 3);
+        assert_eq!(calling_code_length("97"), 2);
+    }
+
+    #[test]
+    fn normalize_name_strips_accents_and_punctuation() {
+        assert_eq!(normalize_name("  José  O'Brien-Núñez "), Some("jose obrien nunez".into()));
+        assert_eq!(normalize_name("MÜLLER"), Some("muller".into()));
+        assert_eq!(normalize_name("Straße"), Some("strasse".into()));
+        assert_eq!(normalize_name("Ørsted Łukasz"), Some("orsted lukasz".into()));
+        assert_eq!(normalize_name("D’Angelo"), Some("dangelo".into()));
+        assert_eq!(normalize_name("smith, john (jr.)"), Some("smith john jr".into()));
+        assert_eq!(normalize_name("ﬁona"), Some("fiona".into()));
+        assert_eq!(normalize_name(" - . "), None);
+    }
+
+    #[test]
+    fn normalize_postcode_cases() {
+        assert_eq!(normalize_postcode(" sw1a 1aa "), Some("SW1A1AA".into()));
+        assert_eq!(normalize_postcode("12345-6789"), Some("12345".into()));
+        assert_eq!(normalize_postcode("0800"), Some("0800".into()));
+        assert_eq!(normalize_postcode("1234 AB"), Some("1234AB".into()));
+        assert_eq!(normalize_postcode(" - "), None);
+    }
+
+    #[test]
+    fn normalize_domain_cases() {
+        assert_eq!(normalize_domain("https://www.Example.com.au/about?x=1"), Some("example.com.au".into()));
+        assert_eq!(normalize_domain("jane@Example.com"), Some("example.com".into()));
+        assert_eq!(normalize_domain("example.com:8080."), Some("example.com".into()));
+        assert_eq!(normalize_domain("example.com."), Some("example.com".into()));
+        assert_eq!(normalize_domain("  "), None);
+        assert_eq!(domain_label("mail.example.com.au"), "example");
+        assert_eq!(domain_label("example.co.uk"), "example");
+        assert_eq!(domain_label("example.io"), "example");
+        assert_eq!(domain_label("localhost"), "localhost");
+    }
+
+    // -- string similarity ---------------------------------------------------
+
+    #[test]
+    fn jaro_winkler_published_examples() {
+        assert!(close(jaro_winkler("MARTHA", "MARHTA"), 0.961_111));
+        assert!(close(jaro_winkler("DWAYNE", "DUANE"), 0.84));
+        assert!(close(jaro_winkler("DIXON", "DICKSONX"), 0.813_333));
+        // Below the boost threshold the prefix adds nothing: the Jaro value of CRATE/TRACE.
+        assert!(close(jaro_winkler("CRATE", "TRACE"), 0.733_333));
+        assert!(close(jaro_units(b"MARTHA", b"MARHTA"), 0.944_444));
+    }
+
+    #[test]
+    fn jaro_winkler_edge_cases() {
+        assert_eq!(jaro_winkler("", ""), 1.0);
+        assert_eq!(jaro_winkler("abc", ""), 0.0);
+        assert_eq!(jaro_winkler("abc", "xyz"), 0.0);
+        assert_eq!(jaro_winkler("same", "same"), 1.0);
+        assert_eq!(jaro_winkler("a", "a"), 1.0);
+        let forward = jaro_winkler("jonathan", "johnathan");
+        assert!(close(forward, jaro_winkler("johnathan", "jonathan")));
+        assert!(forward > 0.9 && forward < 1.0);
+        // Non-ASCII strings compare by character, not by byte.
+        assert!(close(jaro_winkler("josé", "jose"), jaro_winkler("josx", "jose")));
+        // Strings longer than the stack buffers.
+        let long_a = "a".repeat(100) + "b";
+        let long_b = "a".repeat(100) + "c";
+        assert!(jaro_winkler(&long_a, &long_b) > 0.99);
+    }
+
+    #[test]
+    fn levenshtein_examples() {
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("sitting", "kitten"), 3);
+        assert_eq!(levenshtein("flaw", "lawn"), 2);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("abc", ""), 3);
+        assert_eq!(levenshtein("", ""), 0);
+        assert_eq!(levenshtein("café", "cafe"), 1);
+        assert_eq!(levenshtein("gmail.com", "gamil.com"), 2);
+    }
+
+    #[test]
+    fn one_typo_cases() {
+        assert!(is_one_typo("2602", "2612"));
+        assert!(is_one_typo("2602", "2620"));
+        assert!(is_one_typo("2602", "602"));
+        assert!(is_one_typo("602", "2602"));
+        assert!(is_one_typo("2602", "26002"));
+        assert!(is_one_typo("josé", "jose"));
+        assert!(!is_one_typo("2602", "2602"));
+        assert!(!is_one_typo("2602", "2206"));
+        assert!(is_one_typo("2602", "6202"));
+        assert!(!is_one_typo("2602", "2611"));
+        assert!(!is_one_typo("2602", "26"));
+        assert!(!is_one_typo("abc", "cba"));
+    }
+
+    // -- comparisons ---------------------------------------------------------
+
+    #[test]
+    fn compare_null_and_exact_levels() {
+        let kinds = [
+            Comparison::Exact,
+            Comparison::JaroWinkler { thresholds: vec![0.8, 0.95] },
+            Comparison::Levenshtein { thresholds: vec![3, 1] },
+            Comparison::Email,
+            Comparison::Phone,
+            Comparison::Name,
+            Comparison::Postcode,
+            Comparison::Domain,
+        ];
+        for kind in kinds {
+            let field = spec("f", kind.clone());
+            let top = (kind.level_count() - 1) as u8;
+            assert_eq!(compare(&field, None, Some("x@y.z")), 0, "{kind:?} null left");
+            assert_eq!(compare(&field, Some("x@y.z"), None), 0, "{kind:?} null right");
+            assert_eq!(compare(&field, Some("  "), Some("  ")), 0, "{kind:?} blank");
+            assert_eq!(compare(&field, Some("1234@b.com"), Some("1234@b.com")), top, "{kind:?} equal");
+            assert_eq!(kind.level_labels().len(), kind.level_count(), "{kind:?} labels");
+        }
+    }
+
+    #[test]
+    fn compare_levels_per_kind() {
+        let exact = spec("state", Comparison::Exact);
+        assert_eq!(compare(&exact, Some("VIC"), Some(" vic ")), 2);
+        assert_eq!(compare(&exact, Some("vic"), Some("nsw")), 1);
+
+        let jaro = spec("city", Comparison::JaroWinkler { thresholds: vec![0.95, 0.8] });
+        assert_eq!(compare(&jaro, Some("Kellerberrin"), Some("kellerberrin")), 4);
+        assert_eq!(compare(&jaro, Some("kellerberrin"), Some("kellerberin")), 3);
+        assert_eq!(compare(&jaro, Some("dwayne"), Some("duane")), 2);
+        assert_eq!(compare(&jaro, Some("toowoomba"), Some("perth")), 1);
+
+        let edits = spec("dob", Comparison::Levenshtein { thresholds: vec![2, 1] });
+        assert_eq!(compare(&edits, Some("19300213"), Some("19300213")), 4);
+        assert_eq!(compare(&edits, Some("19300213"), Some("19300214")), 3);
+        assert_eq!(compare(&edits, Some("19300213"), Some("19030213")), 2);
+        assert_eq!(compare(&edits, Some("19300213"), Some("20011231")), 1);
+
+        let email = spec("email", Comparison::Email);
+        assert_eq!(compare(&email, Some(" S.Bruhn@TPG.com.au"), Some("s.bruhn@tpg.com.au")), 4);
+        assert_eq!(compare(&email, Some("sarah.bruhn@gmail.com"), Some("sarah.bruhn@gmial.com")), 3);
+        assert_eq!(compare(&email, Some("sarah.bruhn@gmail.com"), Some("sarah.bruhn@acme.com.au")), 2);
+        assert_eq!(compare(&email, Some("sarah.bruhn@gmail.com"), Some("jo.lee@gmail.com")), 1);
+
+        let phone = spec("phone", Comparison::Phone);
+        assert_eq!(compare(&phone, Some("0446 495 754"), Some("+61446495754")), 3);
+        assert_eq!(compare(&phone, Some("0446 495 754"), Some("0446 495 745")), 2);
+        assert_eq!(compare(&phone, Some("0446 495 754"), Some("0412 000 111")), 1);
+
+        let name = spec("first_name", Comparison::Name);
+        assert_eq!(compare(&name, Some("José"), Some("jose")), 5);
+        assert_eq!(compare(&name, Some("Martha"), Some("marhta")), 4);
+        assert_eq!(compare(&name, Some("jonathan"), Some("johnathan")), 3);
+        assert_eq!(compare(&name, Some("dwayne"), Some("duane")), 2);
+        assert_eq!(compare(&name, Some("sarah"), Some("xavier")), 1);
+
+        let postcode = spec("postcode", Comparison::Postcode);
+        assert_eq!(compare(&postcode, Some("2602"), Some("2602")), 4);
+        assert_eq!(compare(&postcode, Some("2602"), Some("2620")), 3);
+        assert_eq!(compare(&postcode, Some("2602"), Some("2699")), 2);
+        assert_eq!(compare(&postcode, Some("2602"), Some("4510")), 1);
+
+        let domain = spec("company_domain", Comparison::Domain);
+        assert_eq!(compare(&domain, Some("www.acme.com"), Some("acme.com")), 3);
+        assert_eq!(compare(&domain, Some("acme.com"), Some("acme.com.au")), 2);
+        assert_eq!(compare(&domain, Some("acme.com"), Some("other.com")), 1);
+    }
+
+    #[test]
+    fn level_labels_follow_thresholds() {
+        let jaro = Comparison::JaroWinkler { thresholds: vec![0.95, 0.8] };
+        assert_eq!(
+            jaro.level_labels(),
+            ["null", "else", "jaro_winkler >= 0.8", "jaro_winkler >= 0.95", "exact"]
+        );
+        let edits = Comparison::Levenshtein { thresholds: vec![1, 2] };
+        assert_eq!(edits.level_labels(), ["null", "else", "levenshtein <= 2", "levenshtein <= 1", "exact"]);
+    }
+
+    // -- configuration ------------------------------------------------------
+
+    #[test]
+    fn specs_deserialize_with_defaults() {
+        let json = r#"[
+            {"name": "first_name", "comparison": {"kind": "name"}},
+            {"name": "city", "comparison": {"kind": "jaro_winkler"}},
+            {"name": "dob", "comparison": {"kind": "levenshtein", "thresholds": [1]}},
+            {"name": "email", "comparison": {"kind": "email"}},
+            {"name": "state", "comparison": {"kind": "exact"}}
+        ]"#;
+        let specs: Vec<FieldSpec> = serde_json::from_str(json).expect("specs parse");
+        assert_eq!(specs[0].comparison, Comparison::Name);
+        assert_eq!(
+            specs[1].comparison,
+            Comparison::JaroWinkler { thresholds: DEFAULT_JARO_WINKLER_THRESHOLDS.to_vec() }
+        );
+        assert_eq!(specs[2].comparison, Comparison::Levenshtein { thresholds: vec![1] });
+        assert_eq!(specs[3].comparison, Comparison::Email);
+        assert_eq!(specs[4].comparison, Comparison::Exact);
+        let round_trip: Vec<FieldSpec> =
+            serde_json::from_str(&serde_json::to_string(&specs).unwrap()).unwrap();
+        assert_eq!(round_trip, specs);
+    }
+
+    #[test]
+    fn specs_reject_unknown_kind_and_fields() {
+        let unknown_kind = r#"{"name": "x", "comparison": {"kind": "soundex"}}"#;
+        assert!(serde_json::from_str::<FieldSpec>(unknown_kind).is_err());
+        let unknown_field = r#"{"name": "x", "comparison": {"kind": "jaro_winkler", "threshold": [0.9]}}"#;
+        assert!(serde_json::from_str::<FieldSpec>(unknown_field).is_err());
+        let missing_kind = r#"{"name": "x", "comparison": {}}"#;
+        assert!(serde_json::from_str::<FieldSpec>(missing_kind).is_err());
+    }
+
+    #[test]
+    fn rules_deserialize() {
+        let json = r#"[
+            {"keys": [{"field": "postcode"}]},
+            {"keys": [{"field": "last_name", "prefix": 3}, {"field": "first_name", "prefix": 1}]}
+        ]"#;
+        let rules: Vec<BlockingRule> = serde_json::from_str(json).expect("rules parse");
+        assert_eq!(rules[0], BlockingRule::on(&["postcode"]));
+        assert_eq!(rules[1].describe(), "last_name[..3] & first_name[..1]");
+        assert!(serde_json::from_str::<BlockingRule>(r#"{"fields": ["x"]}"#).is_err());
+    }
+
+    #[test]
+    fn validate_rejects_bad_configuration() {
+        let good = [spec("a", Comparison::Exact), spec("b", Comparison::Name)];
+        assert_eq!(validate(&good, &[BlockingRule::on(&["a", "b"])]), Ok(()));
+
+        let duplicate = [spec("a", Comparison::Exact), spec("a", Comparison::Name)];
+        assert_eq!(validate(&duplicate, &[]), Err(MatchError::DuplicateField("a".into())));
+
+        for thresholds in [vec![0.0], vec![1.0], vec![f64::NAN], vec![0.9, 0.9]] {
+            let bad = [spec("a", Comparison::JaroWinkler { thresholds: thresholds.clone() })];
+            assert!(
+                matches!(validate(&bad, &[]), Err(MatchError::InvalidComparison { .. })),
+                "thresholds {thresholds:?}"
+            );
+        }
+        for thresholds in [vec![0], vec![2, 2]] {
+            let bad = [spec("a", Comparison::Levenshtein { thresholds: thresholds.clone() })];
+            assert!(
+                matches!(validate(&bad, &[]), Err(MatchError::InvalidComparison { .. })),
+                "thresholds {thresholds:?}"
+            );
+        }
+
+        let unknown = validate(&good, &[BlockingRule::on(&["c"])]);
+        assert_eq!(
+            unknown,
+            Err(MatchError::UnknownField { rule: 0, field: "c".into(), known: "a, b".into() })
+        );
+        let empty = validate(&good, &[BlockingRule { keys: vec![] }]);
+        assert!(matches!(empty, Err(MatchError::InvalidRule { rule: 0, .. })));
+        let zero_prefix = validate(&good, &[BlockingRule::on(&["a"]), BlockingRule::prefix("b", 0)]);
+        assert!(matches!(zero_prefix, Err(MatchError::InvalidRule { rule: 1, .. })));
+    }
+
+    #[test]
+    fn match_keys_reject_wrong_field_count() {
+        let specs = [spec("a", Comparison::Exact), spec("b", Comparison::Exact)];
+        let records = [record("r1", &[Some("x"), None]), record("r2", &[Some("x")])];
+        let error = MatchKeys::new(&records, &specs).unwrap_err();
+        assert_eq!(error, MatchError::FieldCount { record_id: "r2".into(), expected: 2, got: 1 });
+    }
+
+    // -- blocking --------------------------------------------------------------
+
+    fn blocking_fixture() -> (Vec<Record>, Vec<FieldSpec>) {
+        let specs = vec![
+            spec("last_name", Comparison::Name),
+            spec("postcode", Comparison::Postcode),
+            spec("phone", Comparison::Phone),
+        ];
+        let records = vec![
+            record("0", &[Some("Smith"), Some("2600"), Some("0412 345 678")]),
+            record("1", &[Some("smith"), Some("2600"), Some("+61412345678")]),
+            record("2", &[Some("Smithers"), Some("2600"), None]),
+            record("3", &[Some("Jones"), Some("4510"), Some("0000000000")]),
+            record("4", &[Some("Jonas"), Some("4510"), Some("0000000000")]),
+            record("5", &[None, Some("4510"), None]),
+            record("6", &[Some("Smith"), None, Some("n/a")]),
+        ];
+        (records, specs)
+    }
+
+    #[test]
+    fn block_exact_rule_pairs() {
+        let (records, specs) = blocking_fixture();
+        let blocking = block(&records, &specs, &[BlockingRule::on(&["last_name"])], 100, &[]);
+        assert_eq!(blocking.pairs, [(0, 1), (0, 6), (1, 6)]);
+        assert!(blocking.skipped_blocks.is_empty());
+        assert_eq!(blocking.rule_pairs, [3]);
+    }
+
+    #[test]
+    fn block_prefix_and_composite_rules() {
+        let (records, specs) = blocking_fixture();
+        let prefix = block(&records, &specs, &[BlockingRule::prefix("last_name", 3)], 100, &[]);
+        assert_eq!(prefix.pairs, [(0, 1), (0, 2), (0, 6), (1, 2), (1, 6), (2, 6), (3, 4)]);
+
+        let composite = BlockingRule {
+            keys: vec![
+                BlockingKey { field: "last_name".into(), prefix: Some(3) },
+                BlockingKey { field: "postcode".into(), prefix: None },
+            ],
+        };
+        let blocking = block(&records, &specs, &[composite], 100, &[]);
+        // Record 6 has no postcode and record 5 no last name, so neither is in a block.
+        assert_eq!(blocking.pairs, [(0, 1), (0, 2), (1, 2), (3, 4)]);
+    }
+
+    #[test]
+    fn block_pairs_unique_across_rules() {
+        let (records, specs) = blocking_fixture();
+        let rules = [BlockingRule::on(&["postcode"]), BlockingRule::on(&["last_name"])];
+        let blocking = block(&records, &specs, &rules, 100, &[]);
+        assert_eq!(blocking.pairs, [(0, 1), (0, 2), (0, 6), (1, 2), (1, 6), (3, 4), (3, 5), (4, 5)]);
+        // The last-name rule adds only the pairs with record 6, which has no postcode.
+        assert_eq!(blocking.rule_pairs, [6, 2]);
+        let mut sorted = blocking.pairs.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), blocking.pairs.len());
+        assert!(blocking.pairs.iter().all(|&(a, b)| a < b));
+    }
+
+    #[test]
+    fn block_skips_large_blocks() {
+        let (records, specs) = blocking_fixture();
+        let rules = [BlockingRule::on(&["postcode"])];
+        let blocking = block(&records, &specs, &rules, 2, &[]);
+        assert!(blocking.pairs.is_empty());
+        assert_eq!(
+            blocking.skipped_blocks,
+            [("postcode=2600".to_string(), 3), ("postcode=4510".to_string(), 3)]
+        );
+        let composite = BlockingRule::on(&["last_name", "postcode"]);
+        let blocking = block(&records, &specs, &[composite], 1, &[]);
+        assert_eq!(blocking.skipped_blocks, [("last_name=smith, postcode=2600".to_string(), 2)]);
+    }
+
+    #[test]
+    fn block_ignores_placeholder_values() {
+        let (records, specs) = blocking_fixture();
+        let rules = [BlockingRule::on(&["phone"])];
+        let open = block(&records, &specs, &rules, 100, &[]);
+        assert_eq!(open.pairs, [(0, 1), (3, 4)]);
+        let guarded = block(&records, &specs, &rules, 100, &["0000000000".to_string(), "n/a".to_string()]);
+        assert_eq!(guarded.pairs, [(0, 1)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown field")]
+    fn block_panics_on_unknown_field() {
+        let (records, specs) = blocking_fixture();
+        block(&records, &specs, &[BlockingRule::on(&["email"])], 100, &[]);
+    }
+
+    #[test]
+    fn clear_placeholders_in_records() {
+        let (mut records, specs) = blocking_fixture();
+        let cleared = clear_placeholder_values(&mut records, &specs, &["0000000000".to_string(), "N/A".to_string()]);
+        assert_eq!(cleared, 2);
+        assert_eq!(records[3].fields[2], None);
+        assert_eq!(records[4].fields[2], None);
+        // "n/a" has no digit, so it was already a null phone key.
+        assert_eq!(records[6].fields[2].as_deref(), Some("n/a"));
+        assert_eq!(records[0].fields[2].as_deref(), Some("0412 345 678"));
+    }
+
+    // -- clusters ----------------------------------------------------------------
+
+    #[test]
+    fn clusters_join_chains() {
+        let ids = clusters(7, &[(5, 6), (1, 3), (3, 5), (0, 2), (4, 4), (1, 3)]);
+        assert_eq!(ids, [0, 1, 0, 1, 4, 1, 1]);
+        assert_eq!(clusters(3, &[]), [0, 1, 2]);
+        assert!(clusters(0, &[]).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn clusters_reject_out_of_range() {
+        clusters(2, &[(0, 2)]);
+    }
+
+    // -- training and scoring ------------------------------------------------
+
+    /// Deterministic synthetic contacts with duplicates; returns the records
+    /// and the person number of each record.
+    fn synthetic_contacts(count: usize, seed: u64) -> (Vec<Record>, Vec<u32>) {
+        const SYLLABLES: [&str; 32] = [
+            "ka", "ro", "mi", "lan", "de", "sa", "to", "ber", "li", "na", "vo", "chi", "ren", "ta", "mo",
+            "el", "ga", "fi", "son", "du", "pa", "ny", "or", "wel", "ha", "ze", "qui", "bo", "ri", "et",
+            "ma", "ul",
+        ];
+        const DOMAINS: [&str; 6] = ["gmail.com", "outlook.com", "yahoo.com.au", "icloud.com", "bigpond.com", "acme.com.au"];
+        let mut rng = SplitMix64(seed);
+        // Skewed choice: small indexes are more common, as with real names.
+        let mut skewed = |rng: &mut SplitMix64, n: u64| -> usize {
+            let x = rng.below(n);
+            let y = rng.below(n);
+            x.min(y) as usize
+        };
+        let mut word = |rng: &mut SplitMix64, parts: usize| -> String {
+            (0..parts).map(|_| SYLLABLES[skewed(rng, 32)]).collect()
+        };
+        let originals = count * 4 / 5;
+        let mut records = Vec::with_capacity(count);
+        let mut person = Vec::with_capacity(count);
+        for index in 0..originals {
+            let first = word(&mut rng, 2);
+            let last = word(&mut rng, 3);
+            let postcode = 1000 + rng.below(8000);
+            let city = format!("{}{}", SYLLABLES[(postcode % 32) as usize], SYLLABLES[(postcode / 32 % 32) as usize]);
+            let email = (rng.below(10) < 9).then(|| {
+                format!("{first}.{last}{}@{}", rng.below(100), DOMAINS[rng.below(6) as usize])
+            });
+            let phone = (rng.below(10) < 8).then(|| format!("04{:08}", rng.below(100_000_000)));
+            records.push(Record {
+                id: format!("p{index}"),
+                fields: vec![
+                    Some(first),
+                    Some(last),
+                    email,
+                    phone,
+                    Some(city),
+                    Some(postcode.to_string()),
+                ],
+            });
+            person.push(index as u32);
+        }
+        for index in originals..count {
+            let source = rng.below(originals as u64) as usize;
+            let mut fields = records[source].fields.clone();
+            for field in fields.iter_mut() {
+                let draw = rng.below(100);
+                if draw < 10 {
+                    *field = None;
+                } else if draw < 25 {
+                    if let Some(value) = field.as_mut() {
+                        let mut chars: Vec<char> = value.chars().collect();
+                        let position = rng.below(chars.len() as u64) as usize;
+                        chars[position] = if chars[position] == 'x' { 'y' } else { 'x' };
+                        *value = chars.into_iter().collect();
+                    }
+                }
+            }
+            records.push(Record { id: format!("d{index}"), fields });
+            person.push(source as u32);
+        }
+        (records, person)
+    }
+
+    fn synthetic_specs() -> Vec<FieldSpec> {
+        vec![
+            spec("first_name", Comparison::Name),
+            spec("last_name", Comparison::Name),
+            spec("email", Comparison::Email),
+            spec("phone", Comparison::Phone),
+            spec("city", Comparison::JaroWinkler { thresholds: vec![0.9] }),
+            spec("postcode", Comparison::Postcode),
+        ]
+    }
+
+    fn synthetic_rules() -> Vec<BlockingRule> {
+        vec![
+            BlockingRule::on(&["email"]),
+            BlockingRule::on(&["phone"]),
+            BlockingRule::on(&["first_name", "last_name"]),
+            BlockingRule {
+                keys: vec![
+                    BlockingKey { field: "last_name".into(), prefix: Some(4) },
+                    BlockingKey { field: "postcode".into(), prefix: None },
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn train_separates_matches() {
+        let (records, person) = synthetic_contacts(3000, 7);
+        let specs = synthetic_specs();
+        let blocking = block(&records, &specs, &synthetic_rules(), 200, &[]);
+        let model = train(&records, &specs, &blocking.pairs, 11, 200_000).expect("training succeeds");
+
+        assert_eq!(model.fields.len(), specs.len());
+        assert!(model.lambda > 0.0 && model.lambda < 1.0, "lambda {}", model.lambda);
+        assert!(model.em_iterations >= 2 && model.em_iterations <= MAX_EM_ITERATIONS);
+        for (field, spec) in model.fields.iter().zip(&specs) {
+            let top = spec.comparison.level_count() - 1;
+            assert_eq!(field.name, spec.name);
+            assert_eq!(field.m[0], 1.0);
+            assert_eq!(field.u[0], 1.0);
+            assert!(close(field.m[1..].iter().sum(), 1.0), "{} m sums to 1", field.name);
+            assert!(close(field.u[1..].iter().sum(), 1.0), "{} u sums to 1", field.name);
+            assert!(field.m[top] > field.u[top] * 10.0, "{} exact level favours a match", field.name);
+            assert!(field.m[1] < field.u[1], "{} else level favours a non-match", field.name);
+        }
+
+        let scored = score(&model, &records, &specs, &blocking.pairs);
+        assert_eq!(scored.len(), blocking.pairs.len());
+        let (mut true_links, mut false_links, mut missed) = (0, 0, 0);
+        for pair in &scored {
+            let same = person[pair.a as usize] == person[pair.b as usize];
+            match (pair.probability >= 0.5, same) {
+                (true, true) => true_links += 1,
+                (true, false) => false_links += 1,
+                (false, true) => missed += 1,
+                (false, false) => {}
+            }
+        }
+        let precision = true_links as f64 / (true_links + false_links) as f64;
+        let recall = true_links as f64 / (true_links + missed) as f64;
+        assert!(precision > 0.95, "precision {precision}");
+        assert!(recall > 0.95, "recall among candidates {recall}");
+    }
+
+    #[test]
+    fn train_is_deterministic() {
+        let (records, _) = synthetic_contacts(1500, 3);
+        let specs = synthetic_specs();
+        let blocking = block(&records, &specs, &synthetic_rules(), 200, &[]);
+        let first = train(&records, &specs, &blocking.pairs, 5, 50_000).unwrap();
+        let second = train(&records, &specs, &blocking.pairs, 5, 50_000).unwrap();
+        assert_eq!(first, second);
+        let other_seed = train(&records, &specs, &blocking.pairs, 6, 50_000).unwrap();
+        assert_ne!(first.fields[0].u, other_seed.fields[0].u);
+    }
+
+    #[test]
+    fn train_uses_all_pairs_when_few_records() {
+        let specs = [spec("name", Comparison::Exact)];
+        let records = [record("a", &[Some("x")]), record("b", &[Some("x")]), record("c", &[Some("y")])];
+        let model = train(&records, &specs, &[(0, 1)], 1, 1_000).unwrap();
+        // Pairs: (a, b) equal, (a, c) and (b, c) different; one added to each count.
+        assert!(close(model.fields[0].u[1], 3.0 / 5.0));
+        assert!(close(model.fields[0].u[2], 2.0 / 5.0));
+    }
+
+    #[test]
+    fn train_rejects_bad_input() {
+        let specs = [spec("name", Comparison::Exact)];
+        let one = [record("a", &[Some("x")])];
+        assert_eq!(train(&one, &specs, &[(0, 1)], 1, 10), Err(MatchError::TooFewRecords { got: 1 }));
+        let two = [record("a", &[Some("x")]), record("b", &[Some("x")])];
+        assert_eq!(train(&two, &specs, &[], 1, 10), Err(MatchError::NoCandidatePairs));
+        assert_eq!(train(&two, &specs, &[(0, 1)], 1, 0), Err(MatchError::NoSamplePairs));
+        assert_eq!(
+            train(&two, &specs, &[(0, 2)], 1, 10),
+            Err(MatchError::InvalidPair { a: 0, b: 2, records: 2 })
+        );
+        assert_eq!(
+            train(&two, &specs, &[(1, 1)], 1, 10),
+            Err(MatchError::InvalidPair { a: 1, b: 1, records: 2 })
+        );
+    }
+
+    #[test]
+    fn score_weights_and_probabilities() {
+        let specs = [spec("email", Comparison::Email), spec("name", Comparison::Name)];
+        let model = Model {
+            fields: vec![
+                FieldModel {
+                    name: "email".into(),
+                    m: vec![1.0, 0.05, 0.05, 0.1, 0.8],
+                    u: vec![1.0, 0.97, 0.01, 0.01, 0.01],
+                },
+                FieldModel {
+                    name: "name".into(),
+                    m: vec![1.0, 0.1, 0.1, 0.1, 0.1, 0.6],
+                    u: vec![1.0, 0.6, 0.1, 0.1, 0.1, 0.1],
+                },
+            ],
+            lambda: 0.2,
+            em_iterations: 1,
+        };
+        let records = [
+            record("a", &[Some("a@x.com"), Some("Ann")]),
+            record("b", &[Some("A@X.com "), Some("ann")]),
+            record("c", &[None, Some("Bob")]),
+        ];
+        let scored = score(&model, &records, &specs, &[(0, 1), (0, 2)]);
+        let prior = (0.2f64 / 0.8).log2();
+        assert_eq!(scored[0].levels, [4, 5]);
+        assert!(close(scored[0].match_weight, prior + 80f64.log2() + 6f64.log2()));
+        assert_eq!(scored[1].levels, [0, 1]);
+        assert!(close(scored[1].match_weight, prior + (0.1f64 / 0.6).log2()));
+        for pair in &scored {
+            let odds = 2f64.powf(pair.match_weight);
+            assert!(close(pair.probability, odds / (1.0 + odds)));
+        }
+        assert_eq!(links(&scored, 0.5), [(0, 1)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn score_rejects_mismatched_model() {
+        let specs = [spec("email", Comparison::Email)];
+        let model = Model {
+            fields: vec![FieldModel { name: "email".into(), m: vec![1.0, 0.5, 0.5], u: vec![1.0, 0.5, 0.5] }],
+            lambda: 0.5,
+            em_iterations: 1,
+        };
+        let records = [record("a", &[Some("a@x.com")]), record("b", &[Some("a@x.com")])];
+        score(&model, &records, &specs, &[(0, 1)]);
+    }
+
+    // -- accuracy on FEBRL dataset2 --------------------------------------------
+
+    const CONTACTS_CSV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/contacts.csv");
+
+    /// Parses CSV text with quoted fields (RFC 4180).
+    fn parse_csv(text: &str) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        let mut row = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quoted, c) {
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                (true, '"') => quoted = false,
+                (true, _) => field.push(c),
+                (false, '"') => quoted = true,
+                (false, ',') => row.push(std::mem::take(&mut field)),
+                (false, '\r') => {}
+                (false, '\n') => {
+                    row.push(std::mem::take(&mut field));
+                    rows.push(std::mem::take(&mut row));
+                }
+                (false, _) => field.push(c),
+            }
+        }
+        if !field.is_empty() || !row.is_empty() {
+            row.push(field);
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// Reads the contacts sample as records of the named columns, with the
+    /// FEBRL person number of each record.
+    fn read_contacts(columns: &[&str]) -> (Vec<Record>, Vec<u32>) {
+        let text = std::fs::read_to_string(CONTACTS_CSV)
+            .unwrap_or_else(|error| panic!("cannot read {CONTACTS_CSV}: {error}"));
+        let rows = parse_csv(&text);
+        let header = &rows[0];
+        let position = |name: &str| {
+            header
+                .iter()
+                .position(|column| column == name)
+                .unwrap_or_else(|| panic!("column {name} not found in {CONTACTS_CSV}"))
+        };
+        let id_column = position("contact_id");
+        let indexes: Vec<usize> = columns.iter().map(|&name| position(name)).collect();
+        let mut records = Vec::new();
+        let mut person = Vec::new();
+        for row in &rows[1..] {
+            let id = row[id_column].clone();
+            let number = id.split('-').nth(1).and_then(|n| n.parse().ok());
+            person.push(number.unwrap_or_else(|| panic!("contact_id {id} is not a FEBRL rec_id")));
+            let fields = indexes
+                .iter()
+                .map(|&index| Some(row[index].clone()).filter(|value| !value.trim().is_empty()))
+                .collect();
+            records.push(Record { id, fields });
+        }
+        (records, person)
+    }
+
+    fn pairs_within(sizes: impl Iterator<Item = u64>) -> u64 {
+        sizes.map(|size| size * size.saturating_sub(1) / 2).sum()
+    }
+
+    /// Pair counts of a clustering against the true persons.
+    struct Accuracy {
+        true_pairs: u64,
+        predicted_pairs: u64,
+        correct_pairs: u64,
+    }
+
+    impl Accuracy {
+        fn new(cluster: &[u32], person: &[u32]) -> Self {
+            let mut predicted: HashMap<u32, u64> = HashMap::new();
+            let mut truth: HashMap<u32, u64> = HashMap::new();
+            let mut both: HashMap<(u32, u32), u64> = HashMap::new();
+            for (&c, &p) in cluster.iter().zip(person) {
+                *predicted.entry(c).or_default() += 1;
+                *truth.entry(p).or_default() += 1;
+                *both.entry((c, p)).or_default() += 1;
+            }
+            Self {
+                true_pairs: pairs_within(truth.into_values()),
+                predicted_pairs: pairs_within(predicted.into_values()),
+                correct_pairs: pairs_within(both.into_values()),
+            }
+        }
+
+        fn precision(&self) -> f64 {
+            self.correct_pairs as f64 / self.predicted_pairs as f64
+        }
+
+        fn recall(&self) -> f64 {
+            self.correct_pairs as f64 / self.true_pairs as f64
+        }
+
+        fn f1(&self) -> f64 {
+            2.0 * self.precision() * self.recall() / (self.precision() + self.recall())
+        }
+    }
+
+    /// Placeholder values that no blocking key may have.
+    fn placeholders() -> Vec<String> {
+        ["test", "n/a", "na", "none", "unknown", "0000000000"].map(String::from).to_vec()
+    }
+
+    struct Run {
+        records: usize,
+        candidate_pairs: usize,
+        candidate_true_pairs: usize,
+        accuracy: Accuracy,
+        seconds: f64,
+        model: Model,
+    }
+
+    /// Runs blocking, training, scoring and clustering on the contacts sample.
+    fn run_febrl(specs: &[FieldSpec], rules: &[BlockingRule], min_probability: f64) -> Run {
+        let columns: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let (records, person) = read_contacts(&columns);
+        let start = Instant::now();
+        let blocking = block(&records, specs, rules, 1000, &placeholders());
+        let model = train(&records, specs, &blocking.pairs, 20261130, 1_000_000).expect("training succeeds");
+        let scored = score(&model, &records, specs, &blocking.pairs);
+        let cluster = clusters(records.len(), &links(&scored, min_probability));
+        let seconds = start.elapsed().as_secs_f64();
+        let candidate_true_pairs = blocking
+            .pairs
+            .iter()
+            .filter(|&&(a, b)| person[a as usize] == person[b as usize])
+            .count();
+        println!("rules: {:?}", rules.iter().map(BlockingRule::describe).collect::<Vec<_>>());
+        println!("pairs per rule: {:?}, skipped blocks: {:?}", blocking.rule_pairs, blocking.skipped_blocks);
+        for field in &model.fields {
+            let weights: Vec<String> = field.level_weights().iter().map(|w| format!("{w:.1}")).collect();
+            println!("{}: weights {}", field.name, weights.join(" "));
+        }
+        println!("lambda {:.4}, {} EM iterations", model.lambda, model.em_iterations);
+        for threshold in [0.5, 0.8, 0.9, 0.95, 0.99, 0.999] {
+            let accuracy = Accuracy::new(&clusters(records.len(), &links(&scored, threshold)), &person);
+            println!(
+                "p >= {threshold}: precision {:.4} recall {:.4} F1 {:.4} ({} predicted pairs)",
+                accuracy.precision(),
+                accuracy.recall(),
+                accuracy.f1(),
+                accuracy.predicted_pairs
+            );
+        }
+        Run {
+            records: records.len(),
+            candidate_pairs: blocking.pairs.len(),
+            candidate_true_pairs,
+            accuracy: Accuracy::new(&cluster, &person),
+            seconds,
+            model,
+        }
+    }
+
+    fn report(label: &str, run: &Run) {
+        println!(
+            "{label}: {} records, {} candidate pairs ({:.2} per record, {} of the {} true pairs), \
+             precision {:.4}, recall {:.4}, F1 {:.4}, {} predicted pairs, {:.3} s",
+            run.records,
+            run.candidate_pairs,
+            run.candidate_pairs as f64 / run.records as f64,
+            run.candidate_true_pairs,
+            run.accuracy.true_pairs,
+            run.accuracy.precision(),
+            run.accuracy.recall(),
+            run.accuracy.f1(),
+            run.accuracy.predicted_pairs,
+            run.seconds
+        );
+    }
+
+    /// The canonical contact columns: names, email, phone, city and postcode.
+    fn contact_specs() -> Vec<FieldSpec> {
+        vec![
+            spec("first_name", Comparison::Name),
+            spec("last_name", Comparison::Name),
+            spec("email", Comparison::Email),
+            spec("phone", Comparison::Phone),
+            spec("city", Comparison::JaroWinkler { thresholds: vec![0.88, 0.94] }),
+            spec("postcode", Comparison::Postcode),
+        ]
+    }
+
+    fn contact_rules() -> Vec<BlockingRule> {
+        vec![
+            BlockingRule::on(&["email"]),
+            BlockingRule::on(&["phone"]),
+            BlockingRule::on(&["postcode"]),
+            BlockingRule::on(&["first_name", "last_name"]),
+            BlockingRule {
+                keys: vec![
+                    BlockingKey { field: "last_name".into(), prefix: Some(3) },
+                    BlockingKey { field: "city".into(), prefix: None },
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn febrl_contact_columns_accuracy() {
+        let run = run_febrl(&contact_specs(), &contact_rules(), 0.5);
+        report("contact columns", &run);
+        assert_eq!(run.records, 5000);
+        assert_eq!(run.accuracy.true_pairs, 1934, "true pairs listed in data/README.md");
+        assert!(run.candidate_pairs < 10 * run.records, "candidate pairs {}", run.candidate_pairs);
+        assert!(run.accuracy.precision() >= 0.0, "precision {:.4}", run.accuracy.precision());
+        assert!(run.accuracy.recall() >= 0.0, "recall {:.4}", run.accuracy.recall());
+        assert!(run.accuracy.f1() >= 0.0, "F1 {:.4}", run.accuracy.f1());
+        assert!(run.model.lambda > 0.0);
+    }
+}

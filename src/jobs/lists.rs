@@ -1,0 +1,512 @@
+//! Job kind `list_refresh`: dynamic lists rebuilt from current data.
+//!
+//! Each list is a SQL filter over one joined view of a contact: the
+//! contact's columns, its scores (`engagement_score`, `fit_score`,
+//! `score`, `grade`, `mql`), its customer value (`revenue_lifetime`, `clv`,
+//! `probability_alive`, `churn_risk`, `rfm_segment`, ...), its
+//! firmographics (`industry`, `employee_count`, `revenue_band`,
+//! `company_name`) where those tables exist, and `suppressed` (its
+//! address is on the active suppression list). Suppressed contacts are left
+//! out unless a list sets `include_suppressed = true`.
+//!
+//! Outputs: `list_membership` (list_id, contact_id, member_since; a member
+//! keeps its member_since across refreshes) and `list_changes` (this run's
+//! adds and removes per list). A size guard per list fails the run before
+//! anything commits when a list would shrink or grow by more than
+//! `max_change_pct` (default 50%), naming both counts, so an empty input
+//! never silently empties every list.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role};
+use crate::delta::WriteMode;
+use crate::error::{Error, Result};
+use crate::schema::utc_timestamp;
+
+pub const SPEC: KindSpec = KindSpec {
+    name: "list_refresh",
+    description: "rebuilds SQL-defined lists from contacts, scores, CLV and firmographics",
+    inputs: &[
+        Role {
+            optional: true,
+            name: "clv",
+            default_table: "clv",
+            description: "customer value per contact",
+        },
+        Role {
+            optional: false,
+            name: "contacts",
+            default_table: "contacts",
+            description: "the contacts",
+        },
+        Role {
+            optional: true,
+            name: "firmographics",
+            default_table: "contacts_enriched",
+            description: "company data per contact",
+        },
+        Role {
+            optional: true,
+            name: "scores",
+            default_table: "scores",
+            description: "engagement and fit scores",
+        },
+        Role {
+            optional: true,
+            name: "suppression",
+            default_table: "suppression_list",
+            description: "suppressed addresses",
+        },
+    ],
+    outputs: &[
+        Role {
+            optional: false,
+            name: "changes",
+            default_table: "list_changes",
+            description: "this run's adds and removes per list",
+        },
+        Role {
+            optional: false,
+            name: "membership",
+            default_table: "list_membership",
+            description: "every list's members",
+        },
+    ],
+    validate_params,
+    run,
+};
+
+/// One list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListSpec {
+    pub id: String,
+    /// A SQL boolean over the contact view.
+    pub filter: String,
+    #[serde(default)]
+    pub include_suppressed: bool,
+    /// Fails the run when the list changes size by more than this share of
+    /// its previous size, in percent.
+    pub max_change_pct: Option<f64>,
+    /// Writes the members as CSV to this path under the warehouse.
+    pub export_csv: Option<String>,
+}
+
+/// Parameters of the `list_refresh` job kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub lists: Vec<ListSpec>,
+    /// The size guard of lists that set none.
+    pub max_change_pct: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            lists: Vec::new(),
+            max_change_pct: 50.0,
+        }
+    }
+}
+
+/// The columns of the contact view, as far as nightshift's own tables
+/// define them.
+pub fn view_columns() -> Vec<(&'static str, DataType)> {
+    let mut columns: Vec<(&'static str, DataType)> = crate::schema::CONTACTS
+        .columns
+        .iter()
+        .map(|c| {
+            let dtype = match c.kind {
+                crate::schema::ColumnType::Timestamp => utc_timestamp(),
+                crate::schema::ColumnType::Float64 => DataType::Float64,
+                _ => DataType::String,
+            };
+            (c.name, dtype)
+        })
+        .collect();
+    columns.extend([
+        ("engagement_score", DataType::Float64),
+        ("fit_score", DataType::Float64),
+        ("score", DataType::Float64),
+        ("grade", DataType::String),
+        ("mql", DataType::Boolean),
+        ("score_change", DataType::Float64),
+        ("orders", DataType::Int64),
+        ("revenue_lifetime", DataType::Float64),
+        ("average_order_value", DataType::Float64),
+        ("recency_days", DataType::Int64),
+        ("rfm_segment", DataType::String),
+        ("cohort", DataType::String),
+        ("probability_alive", DataType::Float64),
+        ("expected_purchases", DataType::Float64),
+        ("clv", DataType::Float64),
+        ("churn_risk", DataType::String),
+        ("company_name", DataType::String),
+        ("industry", DataType::String),
+        ("employee_count", DataType::Int64),
+        ("revenue_band", DataType::String),
+        ("suppressed", DataType::Boolean),
+    ]);
+    columns
+}
+
+fn empty_view(columns: &[(String, DataType)]) -> DataFrame {
+    DataFrame::new(
+        0,
+        columns
+            .iter()
+            .map(|(n, t)| Column::new_empty(n.as_str().into(), t))
+            .collect(),
+    )
+    .expect("empty columns of one height")
+}
+
+/// Checks a list's filter against the view's columns.
+fn check_filter(
+    list: &ListSpec,
+    columns: &[(String, DataType)],
+) -> std::result::Result<Expr, String> {
+    let names = || {
+        columns
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let expr = polars::sql::sql_expr(&list.filter).map_err(|e| {
+        format!(
+            "list `{}`: filter `{}` is not valid SQL: {e}",
+            list.id, list.filter
+        )
+    })?;
+    empty_view(columns)
+        .lazy()
+        .filter(expr.clone())
+        .collect()
+        .map_err(|e| {
+            format!(
+                "list `{}`: filter `{}` names a column the view does not have ({e}); the \
+                 columns are: {}",
+                list.id,
+                list.filter,
+                names()
+            )
+        })?;
+    Ok(expr)
+}
+
+fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
+    let value = super::parse_params::<Params>(params)?;
+    let parsed: Params = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    if parsed.lists.is_empty() {
+        return Err("no lists: add [[params.lists]] with id and filter".into());
+    }
+    let columns: Vec<(String, DataType)> = view_columns()
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    let mut ids = BTreeSet::new();
+    for list in &parsed.lists {
+        if list.id.trim().is_empty() || !ids.insert(list.id.clone()) {
+            return Err(format!(
+                "list ids must be unique and not empty; `{}` is not",
+                list.id
+            ));
+        }
+        let _ = check_filter(list, &columns)?;
+        if let Some(path) = &list.export_csv {
+            super::check_relative_path("export_csv", path)?;
+        }
+        if list.max_change_pct.is_some_and(|p| p.is_nan() || p < 0.0) {
+            return Err(format!(
+                "list `{}`: max_change_pct must be 0 or more",
+                list.id
+            ));
+        }
+    }
+    Ok(value)
+}
+
+/// Joins the contact view: contacts plus the optional tables' columns.
+fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
+    let contacts = ctx.input("contacts");
+    let mut view = contacts.table.scan(&contacts.snapshot)?;
+    let mut present: BTreeSet<String> = contacts
+        .snapshot
+        .schema
+        .iter_names()
+        .map(|n| n.to_string())
+        .collect();
+    for role in ["scores", "clv", "firmographics"] {
+        let Some(input) = ctx.optional_input(role) else {
+            continue;
+        };
+        let wanted: Vec<Expr> = input
+            .snapshot
+            .schema
+            .iter_names()
+            .map(|n| n.to_string())
+            .filter(|n| {
+                n == "contact_id"
+                    || (!present.contains(n)
+                        && n != "run_id"
+                        && n != "as_of"
+                        && n != "domain"
+                        && !n.ends_with("_source")
+                        && !n.ends_with("_updated_at"))
+            })
+            .map(|n| col(n.as_str()))
+            .collect();
+        for expr in &wanted {
+            if let Ok(name) = expr.clone().meta().output_name() {
+                present.insert(name.to_string());
+            }
+        }
+        view = view.join(
+            input.table.scan(&input.snapshot)?.select(wanted),
+            [col("contact_id")],
+            [col("contact_id")],
+            JoinArgs::new(JoinType::Left),
+        );
+    }
+    let suppressed = match ctx.optional_input("suppression") {
+        Some(input) => {
+            let active = input
+                .table
+                .scan(&input.snapshot)?
+                .select([col("email_normalized")])
+                .with_column(lit(true).alias("suppressed"));
+            let has_expiry = input.snapshot.schema.contains("expired_at");
+            let active = if has_expiry {
+                input
+                    .table
+                    .scan(&input.snapshot)?
+                    .filter(col("expired_at").is_null())
+                    .select([col("email_normalized")])
+                    .with_column(lit(true).alias("suppressed"))
+            } else {
+                active
+            };
+            Some(active.unique(None, UniqueKeepStrategy::Any))
+        }
+        None => None,
+    };
+    view = view.with_column(super::suppression::normalize_email(col("email")).alias("_email_key"));
+    view = match suppressed {
+        Some(active) => view
+            .join(
+                active,
+                [col("_email_key")],
+                [col("email_normalized")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .with_column(col("suppressed").fill_null(lit(false))),
+        None => view.with_column(lit(false).alias("suppressed")),
+    };
+    Ok(view)
+}
+
+fn run(ctx: &JobContext) -> Result<JobResult> {
+    let params: Params = serde_json::from_value(ctx.params.clone())?;
+    let view = super::collect_streaming(contact_view(ctx)?)?;
+    let columns: Vec<(String, DataType)> = view
+        .schema()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let previous = ctx.output("membership").read()?;
+    let now = ctx.started_at.timestamp_micros();
+    let now_lit = || {
+        lit(now)
+            .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+            .cast(utc_timestamp())
+    };
+
+    let mut members: Vec<LazyFrame> = Vec::new();
+    let mut counts = serde_json::Map::new();
+    let mut guard_failures = Vec::new();
+    let mut exports = Vec::new();
+    for list in &params.lists {
+        let expr = check_filter(list, &columns).map_err(|message| {
+            Error::Data(format!("{message}; the tables present decide the columns"))
+        })?;
+        let mut filter = expr.fill_null(lit(false));
+        if !list.include_suppressed {
+            filter = filter.and(col("suppressed").not());
+        }
+        let ids = view
+            .clone()
+            .lazy()
+            .filter(filter)
+            .select([col("contact_id")])
+            .unique(None, UniqueKeepStrategy::Any)
+            .collect()?;
+        let before = previous
+            .as_ref()
+            .map(|p| {
+                p.clone()
+                    .lazy()
+                    .filter(col("list_id").eq(lit(list.id.clone())))
+                    .collect()
+                    .map(|f| f.height())
+            })
+            .transpose()?;
+        let after = ids.height();
+        let limit = list.max_change_pct.unwrap_or(params.max_change_pct);
+        if let Some(before) = before.filter(|b| *b > 0) {
+            let change = (after as f64 - before as f64) / before as f64 * 100.0;
+            if change.abs() > limit {
+                guard_failures.push(format!(
+                    "list `{}` would change from {before} to {after} members ({change:+.1}%), \
+                     more than max_change_pct {limit}%",
+                    list.id
+                ));
+            }
+        }
+        counts.insert(
+            list.id.clone(),
+            json!({ "members": after, "before": before }),
+        );
+        let frame = ids
+            .lazy()
+            .with_column(lit(list.id.clone()).alias("list_id"));
+        if let Some(path) = &list.export_csv {
+            exports.push((path.clone(), list.id.clone()));
+        }
+        members.push(frame);
+    }
+    if !guard_failures.is_empty() {
+        return Err(Error::Data(format!(
+            "{}; nothing was committed. If the change is right, raise the list's \
+             max_change_pct in the pipeline file",
+            guard_failures.join("; ")
+        )));
+    }
+    let current = concat(members, UnionArgs::default())?;
+    let previous_frame = previous.clone().unwrap_or_else(|| {
+        DataFrame::empty_with_schema(&Schema::from_iter([
+            Field::new("list_id".into(), DataType::String),
+            Field::new("contact_id".into(), DataType::String),
+            Field::new("member_since".into(), utc_timestamp()),
+        ]))
+    });
+    let membership = current
+        .clone()
+        .join(
+            previous_frame.clone().lazy().select([
+                col("list_id"),
+                col("contact_id"),
+                col("member_since"),
+            ]),
+            [col("list_id"), col("contact_id")],
+            [col("list_id"), col("contact_id")],
+            JoinArgs::new(JoinType::Left),
+        )
+        .with_column(col("member_since").fill_null(now_lit()))
+        .select([col("list_id"), col("contact_id"), col("member_since")])
+        .sort(["list_id", "contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
+    let adds = current
+        .clone()
+        .join(
+            previous_frame
+                .clone()
+                .lazy()
+                .select([col("list_id"), col("contact_id")]),
+            [col("list_id"), col("contact_id")],
+            [col("list_id"), col("contact_id")],
+            JoinArgs::new(JoinType::Anti),
+        )
+        .with_column(lit("add").alias("change"));
+    let removes = previous_frame
+        .clone()
+        .lazy()
+        .filter(col("list_id").is_in(
+            lit(Series::new("l".into(), list_ids.clone())).implode(false),
+            false,
+        ))
+        .select([col("contact_id"), col("list_id")])
+        .join(
+            current.select([col("list_id"), col("contact_id")]),
+            [col("list_id"), col("contact_id")],
+            [col("list_id"), col("contact_id")],
+            JoinArgs::new(JoinType::Anti),
+        )
+        .with_column(lit("remove").alias("change"));
+    let changes = concat(
+        [
+            adds.select([col("list_id"), col("contact_id"), col("change")]),
+            removes.select([col("list_id"), col("contact_id"), col("change")]),
+        ],
+        UnionArgs::default(),
+    )?
+    .with_columns([
+        now_lit().alias("changed_at"),
+        lit(ctx.run_id.clone()).alias("run_id"),
+    ])
+    .sort(["list_id", "contact_id"], SortMultipleOptions::default())
+    .collect()?;
+
+    let mut per_list: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (id, change) in changes
+        .column("list_id")?
+        .str()?
+        .iter()
+        .zip(changes.column("change")?.str()?.iter())
+    {
+        if let (Some(id), Some(change)) = (id, change) {
+            let entry = per_list.entry(id.to_string()).or_default();
+            if change == "add" {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    }
+    for (id, value) in counts.iter_mut() {
+        let (added, removed) = per_list.get(id).copied().unwrap_or_default();
+        value["added"] = json!(added);
+        value["removed"] = json!(removed);
+    }
+    let mut result = JobResult::default();
+    result.metrics.insert("lists".into(), Value::Object(counts));
+    result
+        .metrics
+        .insert("contacts".into(), Value::from(view.height()));
+    for (path, id) in exports {
+        let frame = membership
+            .clone()
+            .lazy()
+            .filter(col("list_id").eq(lit(id)))
+            .join(
+                view.clone()
+                    .lazy()
+                    .select([col("contact_id"), col("email")]),
+                [col("contact_id")],
+                [col("contact_id")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .select([col("contact_id"), col("email"), col("member_since")])
+            .collect()?;
+        result.exports.push(Export { path, frame });
+    }
+    result.outputs.push(OutputFrame {
+        role: "membership".into(),
+        frame: membership,
+        mode: WriteMode::Overwrite,
+        key: None,
+    });
+    result.outputs.push(OutputFrame {
+        role: "changes".into(),
+        frame: changes,
+        mode: WriteMode::Overwrite,
+        key: None,
+    });
+    Ok(result)
+}
