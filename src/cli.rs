@@ -98,6 +98,8 @@ pub enum Command {
     /// Explain why a job decided what it did
     #[command(subcommand)]
     Explain(ExplainCommand),
+    /// Undo a merge: restore a cluster's records and never merge them again
+    Unmerge(UnmergeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +108,28 @@ pub enum ExplainCommand {
     Suppression(ExplainSuppressionArgs),
     /// How a contact's score is made up: each rule group and fit rule
     Score(ExplainScoreArgs),
+    /// Why a contact was merged: its survivor, cluster and the comparison
+    Merge(ExplainMergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainMergeArgs {
+    pub contact_id: String,
+    /// The dedupe pipeline whose tables to use
+    #[arg(long, default_value = "dedupe")]
+    pub pipeline: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmergeArgs {
+    /// A cluster id (its survivor's contact id) or any contact id in it
+    pub cluster_or_contact: String,
+    /// The dedupe pipeline whose tables to use
+    #[arg(long, default_value = "dedupe")]
+    pub pipeline: String,
+    /// Why the records are not the same person, kept with the do-not-merge pairs
+    #[arg(long, default_value = "unmerged by hand")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +347,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status(&open()?, &config, &args, json_output),
         Command::Metrics => metrics(&open()?, &config),
         Command::Schedule(args) => serve(&open()?, &config, &args),
+        Command::Explain(ExplainCommand::Merge(args)) => {
+            explain_merge(&open()?, &config, &args, json_output)
+        }
+        Command::Unmerge(args) => unmerge(&open()?, &config, &args, json_output),
         Command::Explain(ExplainCommand::Score(args)) => {
             explain_score(&open()?, &config, &args, json_output)
         }
@@ -1557,6 +1585,257 @@ fn explain_score(
     }
     if let Some(cap) = params.fit_cap {
         println!("  fit is capped at {cap}");
+    }
+    Ok(0)
+}
+
+fn dedupe_pipeline(config: &Config, name: &str) -> anyhow::Result<Pipeline> {
+    let pipeline = pipeline::load_named(&config.pipelines_dir, name)?;
+    if pipeline.kind.name != "dedupe" {
+        bail!(Error::Config(format!(
+            "pipeline `{}` is of kind `{}`; --pipeline needs a dedupe pipeline",
+            pipeline.name, pipeline.kind.name
+        )));
+    }
+    Ok(pipeline)
+}
+
+fn latest_frame(warehouse: &Warehouse, name: &str) -> anyhow::Result<polars::prelude::DataFrame> {
+    let table = existing_table(warehouse, name)?;
+    let Some(snapshot) = table.latest_snapshot()? else {
+        bail!(Error::TableNotFound(name.to_string()));
+    };
+    Ok(table.scan(&snapshot)?.collect()?)
+}
+
+fn strings(frame: &polars::prelude::DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
+    use polars::prelude::*;
+    Ok(frame
+        .column(name)?
+        .cast(&DataType::String)?
+        .str()?
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect())
+}
+
+fn explain_merge(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &ExplainMergeArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    let pipeline = dedupe_pipeline(config, &args.pipeline)?;
+    let map = latest_frame(warehouse, &pipeline.outputs["map"])?;
+    let contact = strings(&map, "contact_id")?;
+    let Some(row) = contact
+        .iter()
+        .position(|c| c.as_deref() == Some(args.contact_id.as_str()))
+    else {
+        bail!(Error::Data(format!(
+            "contact `{}` is not in `{}`; has the dedupe pipeline run since it was loaded?",
+            args.contact_id, pipeline.outputs["map"]
+        )));
+    };
+    let field =
+        |name: &str| -> anyhow::Result<Option<String>> { Ok(strings(&map, name)?[row].clone()) };
+    let cluster = field("cluster_id")?;
+    let clusters = strings(&map, "cluster_id")?;
+    let statuses = strings(&map, "status")?;
+    let mut members = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        if c == &cluster {
+            members.push(json!({ "contact_id": contact[i], "status": statuses[i] }));
+        }
+    }
+    let report = json!({
+        "contact_id": args.contact_id,
+        "status": field("status")?,
+        "survivor_id": field("survivor_id")?,
+        "cluster_id": cluster,
+        "match_probability": field("match_probability")?,
+        "linked_to": field("linked_to")?,
+        "linked_by": field("linked_by")?,
+        "cluster": members,
+    });
+    if json_output {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    match report["status"].as_str() {
+        Some("single") => println!("{} was not merged: no record matched it", args.contact_id),
+        Some("held") => println!(
+            "{} is in a cluster held for review (see the run's held_for_review), not merged",
+            args.contact_id
+        ),
+        Some("survivor") => println!("{} is the survivor of its cluster", args.contact_id),
+        _ => println!(
+            "{} was merged into {}",
+            args.contact_id,
+            text(&report["survivor_id"])
+        ),
+    }
+    if report["linked_to"].is_string() {
+        println!(
+            "  linked to {} with match probability {}",
+            text(&report["linked_to"]),
+            text(&report["match_probability"])
+        );
+        println!("  comparison: {}", text(&report["linked_by"]));
+    }
+    println!("  cluster {}:", text(&report["cluster_id"]));
+    for member in &members {
+        println!(
+            "    {} ({})",
+            text(&member["contact_id"]),
+            text(&member["status"])
+        );
+    }
+    Ok(0)
+}
+
+fn unmerge(
+    warehouse: &Warehouse,
+    config: &Config,
+    args: &UnmergeArgs,
+    json_output: bool,
+) -> anyhow::Result<u8> {
+    use crate::delta::WriteMode;
+    use polars::prelude::*;
+    let pipeline = dedupe_pipeline(config, &args.pipeline)?;
+    let map = latest_frame(warehouse, &pipeline.outputs["map"])?;
+    let contacts = strings(&map, "contact_id")?;
+    let clusters = strings(&map, "cluster_id")?;
+    let statuses = strings(&map, "status")?;
+    let wanted = args.cluster_or_contact.as_str();
+    let cluster = clusters
+        .iter()
+        .zip(&contacts)
+        .find(|(c, id)| c.as_deref() == Some(wanted) || id.as_deref() == Some(wanted))
+        .and_then(|(c, _)| c.clone())
+        .ok_or_else(|| {
+            Error::Data(format!(
+                "`{wanted}` is neither a cluster nor a contact of `{}`",
+                pipeline.outputs["map"]
+            ))
+        })?;
+    let members: Vec<String> = (0..contacts.len())
+        .filter(|i| clusters[*i].as_deref() == Some(cluster.as_str()))
+        .filter(|i| matches!(statuses[*i].as_deref(), Some("merged") | Some("survivor")))
+        .filter_map(|i| contacts[i].clone())
+        .collect();
+    if members.len() < 2 {
+        bail!(Error::Data(format!(
+            "cluster `{cluster}` merged nothing; there is nothing to unmerge"
+        )));
+    }
+    // The do-not-merge pairs first: a crash after this still keeps the
+    // records apart on the next run.
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for (i, x) in members.iter().enumerate() {
+        for y in &members[i + 1..] {
+            a.push(x.clone());
+            b.push(y.clone());
+        }
+    }
+    let pairs = a.len();
+    let now = chrono::Utc::now().to_rfc3339();
+    let frame = DataFrame::new(
+        pairs,
+        vec![
+            Column::new("contact_id_a".into(), a),
+            Column::new("contact_id_b".into(), b),
+            Column::new("reason".into(), vec![args.reason.clone(); pairs]),
+            Column::new("added_at".into(), vec![now; pairs]),
+        ],
+    )?;
+    let options = || {
+        CommitOptions::new("UNMERGE")
+            .with_parameter("cluster", cluster.clone())
+            .with_parameter("pipeline", pipeline.name.clone())
+    };
+    let do_not_merge = Table::new(warehouse, &pipeline.inputs["do_not_merge"])?;
+    let dnm_version = do_not_merge.append_retrying(frame, options())?;
+
+    // The records come back from the ledger, each its own golden record.
+    let ledger = latest_frame(warehouse, &pipeline.outputs["ledger"])?;
+    let restored = ledger
+        .clone()
+        .lazy()
+        .filter(col("cluster_id").eq(lit(cluster.clone())))
+        .collect()?;
+    let deduped_table = Table::new(warehouse, &pipeline.outputs["deduped"])?;
+    let deduped = latest_frame(warehouse, &pipeline.outputs["deduped"])?;
+    let schema = deduped.schema().clone();
+    let mut exprs = Vec::new();
+    for (name, dtype) in schema.iter() {
+        let expr = match name.as_str() {
+            "cluster_id" => col("contact_id").alias("cluster_id"),
+            "merged_ids" => concat_list([col("contact_id")])?.alias("merged_ids"),
+            n if n.ends_with("_alternates") => {
+                lit(Series::new_empty("x".into(), &DataType::String))
+                    .implode(false)
+                    .first()
+                    .alias(n)
+            }
+            n if restored.schema().contains(n) => col(n),
+            n => lit(NULL).alias(n),
+        };
+        exprs.push(expr.cast(dtype.clone()));
+    }
+    let restored_rows = restored.clone().lazy().select(exprs).collect()?;
+    let kept = deduped
+        .lazy()
+        .filter(col("cluster_id").neq(lit(cluster.clone())))
+        .collect()?;
+    let new_deduped = kept
+        .vstack(&restored_rows)?
+        .lazy()
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    let deduped_version = deduped_table.write(new_deduped, WriteMode::Overwrite, options())?;
+    let map_table = Table::new(warehouse, &pipeline.outputs["map"])?;
+    let new_map = map
+        .lazy()
+        .with_columns([
+            when(col("cluster_id").eq(lit(cluster.clone())))
+                .then(col("contact_id"))
+                .otherwise(col("survivor_id"))
+                .alias("survivor_id"),
+            when(col("cluster_id").eq(lit(cluster.clone())))
+                .then(lit("unmerged"))
+                .otherwise(col("status"))
+                .alias("status"),
+        ])
+        .with_column(
+            when(col("status").eq(lit("unmerged")))
+                .then(col("contact_id"))
+                .otherwise(col("cluster_id"))
+                .alias("cluster_id"),
+        )
+        .collect()?;
+    let map_version = map_table.write(new_map, WriteMode::Overwrite, options())?;
+    if json_output {
+        print_json(&json!({
+            "cluster": cluster,
+            "restored": members,
+            "do_not_merge_pairs": pairs,
+            "versions": {
+                pipeline.inputs["do_not_merge"].clone(): dnm_version,
+                pipeline.outputs["deduped"].clone(): deduped_version,
+                pipeline.outputs["map"].clone(): map_version,
+            },
+        }))?;
+    } else {
+        println!(
+            "unmerged cluster {cluster}: restored {} records ({}); {pairs} pair(s) added to {} \
+             so the next run keeps them apart",
+            members.len(),
+            members.join(", "),
+            pipeline.inputs["do_not_merge"]
+        );
     }
     Ok(0)
 }

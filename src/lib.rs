@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod clv;
 pub mod config;
+pub mod dedupe;
 pub mod delta;
 pub mod email;
 pub mod enrich;

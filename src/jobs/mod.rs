@@ -5,6 +5,7 @@
 //! the runner gates and commits what the job returns.
 
 pub mod clv;
+pub mod dedupe;
 pub mod enrichment;
 pub mod lists;
 pub mod review;
@@ -56,6 +57,7 @@ pub const KINDS: &[&KindSpec] = &[
     &lists::SPEC,
     &sql::SPEC,
     &clv::SPEC,
+    &dedupe::SPEC,
     &enrichment::SPEC,
 ];
 

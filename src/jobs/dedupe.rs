@@ -1,0 +1,803 @@
+//! Job kind `dedupe`: contact deduplication.
+//!
+//! Records are compared on normalized match keys (the stored values are
+//! never rewritten) with the Fellegi-Sunter model of
+//! [`crate::dedupe::matching`]: comparison levels per field, `u` from
+//! random pairs, `m` by expectation maximisation on the candidate pairs
+//! that the blocking rules find, without labels. Pairs at or above
+//! `threshold` link, as do pairs that a deterministic rule matches (all of
+//! its fields equal). Clusters are the connected components of the links.
+//!
+//! Guards against wrong merges:
+//! - role addresses (info@, team@, support@, ...) and addresses shared by
+//!   more than `max_shared_email` records never link people: they are
+//!   left out of matching;
+//! - `blocked_values` ("test", "n/a", "0000000000", ...) count as missing;
+//! - pairs in the do-not-merge table never link, and a cluster that would
+//!   still join them through others is held for review;
+//! - a cluster of more than `max_cluster_size` records is held for review
+//!   instead of merged.
+//!
+//! Survivorship per column (`most_recent`, `most_frequent`,
+//! `source_priority`, `oldest`, `keep_all`) builds one golden record per
+//! cluster in `contacts_deduped`; the survivor id is the oldest record
+//! (created_at, then contact_id). `keep_all` columns keep the other values
+//! in `<column>_alternates`. `merge_map` maps every contact to its survivor
+//! with the match probability and what linked it; `merge_ledger` keeps the
+//! pre-merge records of every merged cluster, so `nightshift unmerge`
+//! restores them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
+use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec, Record};
+use crate::delta::WriteMode;
+use crate::error::{Error, Result};
+
+pub const SPEC: KindSpec = KindSpec {
+    name: "dedupe",
+    description: "finds duplicate contacts, merges them into golden records, reversibly",
+    inputs: &[
+        Role {
+            optional: false,
+            name: "contacts",
+            default_table: "contacts",
+            description: "the contacts",
+        },
+        Role {
+            optional: true,
+            name: "do_not_merge",
+            default_table: "dedupe_do_not_merge",
+            description: "pairs of contact ids that must never merge",
+        },
+    ],
+    outputs: &[
+        Role {
+            optional: false,
+            name: "deduped",
+            default_table: "contacts_deduped",
+            description: "one golden record per cluster",
+        },
+        Role {
+            optional: false,
+            name: "ledger",
+            default_table: "merge_ledger",
+            description: "the pre-merge records of merged clusters",
+        },
+        Role {
+            optional: false,
+            name: "map",
+            default_table: "merge_map",
+            description: "every contact with its survivor and why",
+        },
+    ],
+    validate_params,
+    run,
+};
+
+/// How a column's golden value is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The non-empty value of the most recently updated record.
+    MostRecent,
+    /// The most frequent non-empty value (ties: the most recent).
+    MostFrequent,
+    /// The non-empty value whose `source` comes first in `source_priority`.
+    SourcePriority,
+    /// The non-empty value of the oldest record.
+    Oldest,
+    /// The most recent value, with the others in `<column>_alternates`.
+    KeepAll,
+}
+
+/// Parameters of the `dedupe` job kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Compared fields: a contacts column and its comparison. Columns the
+    /// table lacks are left out.
+    pub fields: Vec<FieldSpec>,
+    /// Candidate pairs: records agreeing on every key of one rule.
+    pub blocking: Vec<BlockingRule>,
+    /// Rules that link on their own: all of their fields equal.
+    pub deterministic: Vec<BlockingRule>,
+    /// Match probability at which a pair links.
+    pub threshold: f64,
+    /// Blocks with more records yield no pairs (reported).
+    pub max_block_size: usize,
+    pub blocked_values: Vec<String>,
+    /// Larger clusters are held for review, not merged.
+    pub max_cluster_size: usize,
+    /// An address on more records than this is shared and never links.
+    pub max_shared_email: usize,
+    /// Role local parts that never link (defaults: the list of
+    /// `crate::email`).
+    pub role_local_parts: Option<Vec<String>>,
+    /// Column rules; `default` for the columns not named.
+    pub survivorship: BTreeMap<String, Rule>,
+    pub source_priority: Vec<String>,
+    pub seed: u64,
+    pub u_sample_pairs: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        let field = |name: &str, comparison: Comparison| FieldSpec::new(name, comparison);
+        Self {
+            fields: vec![
+                field("first_name", Comparison::Name),
+                field("last_name", Comparison::Name),
+                field(
+                    "date_of_birth",
+                    Comparison::Levenshtein {
+                        thresholds: vec![1, 2],
+                    },
+                ),
+                field(
+                    "soc_sec_id",
+                    Comparison::Levenshtein {
+                        thresholds: vec![1, 2],
+                    },
+                ),
+                field("street_number", Comparison::Exact),
+                field(
+                    "address_1",
+                    Comparison::JaroWinkler {
+                        thresholds: vec![0.8, 0.92],
+                    },
+                ),
+                field(
+                    "city",
+                    Comparison::JaroWinkler {
+                        thresholds: vec![0.8, 0.92],
+                    },
+                ),
+                field("postcode", Comparison::Postcode),
+                field("email", Comparison::Email),
+                field("phone", Comparison::Phone),
+            ],
+            blocking: vec![
+                BlockingRule::on(&["postcode"]),
+                BlockingRule::prefix("last_name", 3),
+                BlockingRule::on(&["first_name", "date_of_birth"]),
+                BlockingRule::on(&["soc_sec_id"]),
+                BlockingRule::on(&["email"]),
+                BlockingRule::on(&["phone"]),
+            ],
+            deterministic: vec![BlockingRule::on(&["email"])],
+            threshold: 0.9,
+            max_block_size: 2000,
+            blocked_values: [
+                "test",
+                "n/a",
+                "na",
+                "none",
+                "null",
+                "unknown",
+                "0000000000",
+                "-",
+            ]
+            .iter()
+            .map(|v| v.to_string())
+            .collect(),
+            max_cluster_size: 20,
+            max_shared_email: 3,
+            role_local_parts: None,
+            survivorship: [
+                ("default".to_string(), Rule::MostRecent),
+                ("email".to_string(), Rule::KeepAll),
+                ("phone".to_string(), Rule::KeepAll),
+                ("created_at".to_string(), Rule::Oldest),
+                ("source".to_string(), Rule::Oldest),
+            ]
+            .into_iter()
+            .collect(),
+            source_priority: Vec::new(),
+            seed: 1,
+            u_sample_pairs: 1_000_000,
+        }
+    }
+}
+
+fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
+    let value = super::parse_params::<Params>(params)?;
+    let parsed: Params = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let mut rules = parsed.blocking.clone();
+    rules.extend(parsed.deterministic.clone());
+    matching::validate(&parsed.fields, &rules).map_err(|e| e.to_string())?;
+    if parsed.blocking.is_empty() {
+        return Err(
+            "blocking is empty: add at least one rule, e.g. { keys = [{ field = \"postcode\" }] }"
+                .into(),
+        );
+    }
+    if !(parsed.threshold > 0.0 && parsed.threshold < 1.0) {
+        return Err(format!(
+            "threshold must be between 0 and 1, got {}",
+            parsed.threshold
+        ));
+    }
+    if parsed.max_cluster_size < 2 {
+        return Err("max_cluster_size must be at least 2".into());
+    }
+    if parsed
+        .survivorship
+        .values()
+        .any(|r| *r == Rule::SourcePriority)
+        && parsed.source_priority.is_empty()
+    {
+        return Err(
+            "a source_priority rule needs source_priority = [\"crm\", \"webinar\", ...]".into(),
+        );
+    }
+    Ok(value)
+}
+
+/// A contacts column as text, or nulls when the table lacks it.
+fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    match frame.column(name) {
+        Ok(column) => Ok(column
+            .cast(&DataType::String)?
+            .str()?
+            .iter()
+            .map(|v| v.map(str::to_string).filter(|s| !s.trim().is_empty()))
+            .collect()),
+        Err(_) => Ok(vec![None; frame.height()]),
+    }
+}
+
+/// What a cluster became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Single,
+    Merged,
+    Held,
+}
+
+fn run(ctx: &JobContext) -> Result<JobResult> {
+    let params: Params = serde_json::from_value(ctx.params.clone())?;
+    let input = ctx.input("contacts");
+    let contacts = input
+        .table
+        .scan(&input.snapshot)?
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    let n = contacts.height();
+    let ids: Vec<String> = text_column(&contacts, "contact_id")?
+        .into_iter()
+        .map(|v| v.unwrap_or_default())
+        .collect();
+    let present: BTreeSet<String> = contacts
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let specs: Vec<FieldSpec> = params
+        .fields
+        .iter()
+        .filter(|f| present.contains(&f.name))
+        .cloned()
+        .collect();
+    let spec_names: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let usable = |rule: &BlockingRule| {
+        rule.keys
+            .iter()
+            .all(|k| spec_names.contains(k.field.as_str()))
+    };
+    let blocking: Vec<BlockingRule> = params
+        .blocking
+        .iter()
+        .filter(|r| usable(r))
+        .cloned()
+        .collect();
+    let deterministic: Vec<BlockingRule> = params
+        .deterministic
+        .iter()
+        .filter(|r| usable(r))
+        .cloned()
+        .collect();
+    if blocking.is_empty() {
+        return Err(Error::Data(format!(
+            "no blocking rule can run: the contacts have none of their fields; the compared \
+             fields present are: {}",
+            spec_names.iter().copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut columns = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        columns.push(text_column(&contacts, &spec.name)?);
+    }
+    let mut records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            id: ids[i].clone(),
+            fields: columns.iter().map(|c| c[i].clone()).collect(),
+        })
+        .collect();
+
+    // Guards: role and shared addresses never link people.
+    let mut metrics = serde_json::Map::new();
+    if let Some(email) = specs.iter().position(|s| s.name == "email") {
+        let roles: HashSet<String> = match &params.role_local_parts {
+            Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
+            None => crate::email::ROLE_LOCAL_PARTS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        };
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for record in &records {
+            if let Some(key) = record.fields[email]
+                .as_deref()
+                .and_then(matching::normalize_email)
+            {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        let mut cleared = 0;
+        for record in &mut records {
+            let Some(key) = record.fields[email]
+                .as_deref()
+                .and_then(matching::normalize_email)
+            else {
+                continue;
+            };
+            let local = key.split(['@', '+']).next().unwrap_or_default();
+            if roles.contains(local) || counts[&key] > params.max_shared_email {
+                record.fields[email] = None;
+                cleared += 1;
+            }
+        }
+        metrics.insert("emails_left_out".into(), Value::from(cleared));
+    }
+    let placeholders =
+        matching::clear_placeholder_values(&mut records, &specs, &params.blocked_values);
+    metrics.insert("blocked_values_cleared".into(), Value::from(placeholders));
+
+    let keys =
+        matching::MatchKeys::new(&records, &specs).map_err(|e| Error::Data(e.to_string()))?;
+    let blocked = matching::block_keys(
+        &keys,
+        &blocking,
+        params.max_block_size,
+        &params.blocked_values,
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
+    metrics.insert("records".into(), Value::from(n));
+    metrics.insert("candidate_pairs".into(), Value::from(blocked.pairs.len()));
+    metrics.insert(
+        "candidate_pairs_per_record".into(),
+        Value::from(if n > 0 {
+            blocked.pairs.len() as f64 / n as f64
+        } else {
+            0.0
+        }),
+    );
+    metrics.insert(
+        "skipped_blocks".into(),
+        json!(blocked
+            .skipped_blocks
+            .iter()
+            .take(20)
+            .map(|(k, s)| json!({ "block": k, "records": s }))
+            .collect::<Vec<_>>()),
+    );
+
+    // Score, and link what passes the threshold or a deterministic rule.
+    let mut link_info: HashMap<(u32, u32), (f64, String)> = HashMap::new();
+    if !blocked.pairs.is_empty() && n >= 2 {
+        let model = matching::train_keys(&keys, &blocked.pairs, params.seed, params.u_sample_pairs)
+            .map_err(|e| Error::Data(format!("the match model could not be trained: {e}")))?;
+        metrics.insert(
+            "model".into(),
+            json!({
+                "lambda": model.lambda,
+                "em_iterations": model.em_iterations,
+                "fields": model.fields.iter().map(|f| json!({"field": f.name, "m": f.m, "u": f.u})).collect::<Vec<_>>(),
+            }),
+        );
+        let labels: Vec<Vec<String>> = specs.iter().map(|s| s.comparison.level_labels()).collect();
+        for pair in matching::score_keys(&model, &keys, &blocked.pairs) {
+            if pair.probability >= params.threshold {
+                let described = pair
+                    .levels
+                    .iter()
+                    .enumerate()
+                    .map(|(f, level)| {
+                        format!(
+                            "{}={}",
+                            specs[f].name,
+                            labels[f].get(*level as usize).cloned().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                link_info.insert((pair.a, pair.b), (pair.probability, described));
+            }
+        }
+    }
+    if !deterministic.is_empty() {
+        let exact = matching::block_keys(
+            &keys,
+            &deterministic,
+            params.max_block_size,
+            &params.blocked_values,
+        )
+        .map_err(|e| Error::Data(e.to_string()))?;
+        let names: Vec<String> = deterministic.iter().map(|r| r.describe()).collect();
+        for pair in exact.pairs {
+            link_info
+                .entry(pair)
+                .or_insert_with(|| (1.0, format!("rule: same {}", names.join(" or "))));
+        }
+    }
+
+    // Do-not-merge pairs never link.
+    let mut forbidden: HashSet<(u32, u32)> = HashSet::new();
+    if let Some(pinned) = ctx.optional_input("do_not_merge") {
+        let frame = pinned.table.scan(&pinned.snapshot)?.collect()?;
+        let index: HashMap<&str, u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect();
+        let a = text_column(&frame, "contact_id_a")?;
+        let b = text_column(&frame, "contact_id_b")?;
+        for (a, b) in a.iter().zip(&b) {
+            if let (Some(a), Some(b)) = (
+                a.as_deref().and_then(|a| index.get(a)),
+                b.as_deref().and_then(|b| index.get(b)),
+            ) {
+                forbidden.insert(((*a).min(*b), (*a).max(*b)));
+            }
+        }
+    }
+    let removed = link_info.keys().filter(|p| forbidden.contains(p)).count();
+    link_info.retain(|pair, _| !forbidden.contains(pair));
+    metrics.insert("links_removed_by_do_not_merge".into(), Value::from(removed));
+    let mut links: Vec<(u32, u32)> = link_info.keys().copied().collect();
+    links.sort_unstable();
+    metrics.insert("links".into(), Value::from(links.len()));
+    let cluster_of = matching::clusters(n, &links);
+
+    // Cluster members and fates.
+    let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (i, c) in cluster_of.iter().enumerate() {
+        members.entry(*c).or_default().push(i as u32);
+    }
+    let created = text_column(&contacts, "created_at")?;
+    let updated = text_column(&contacts, "updated_at")?;
+    let mut fate: HashMap<u32, Fate> = HashMap::new();
+    let mut held_reasons: Vec<Value> = Vec::new();
+    for (cluster, list) in &members {
+        let f = if list.len() == 1 {
+            Fate::Single
+        } else if list.len() > params.max_cluster_size {
+            held_reasons.push(json!({
+                "cluster": ids[*cluster as usize],
+                "records": list.len(),
+                "reason": format!("more than max_cluster_size = {}", params.max_cluster_size),
+            }));
+            Fate::Held
+        } else {
+            let set: HashSet<u32> = list.iter().copied().collect();
+            let joined = forbidden
+                .iter()
+                .any(|(a, b)| set.contains(a) && set.contains(b));
+            if joined {
+                held_reasons.push(json!({
+                    "cluster": ids[*cluster as usize],
+                    "records": list.len(),
+                    "reason": "it would join a do-not-merge pair through other records",
+                }));
+                Fate::Held
+            } else {
+                Fate::Merged
+            }
+        };
+        fate.insert(*cluster, f);
+    }
+
+    // Survivor: the oldest record (created_at, then contact_id).
+    let age_key = |i: u32| {
+        (
+            created[i as usize].clone().unwrap_or_else(|| "~".into()),
+            ids[i as usize].clone(),
+        )
+    };
+    let recent_key = |i: u32| {
+        (
+            updated[i as usize]
+                .clone()
+                .or_else(|| created[i as usize].clone())
+                .unwrap_or_default(),
+            ids[i as usize].clone(),
+        )
+    };
+    let survivor =
+        |list: &[u32]| -> u32 { *list.iter().min_by_key(|i| age_key(**i)).unwrap_or(&list[0]) };
+
+    // Golden rows: per column, the row that gives its value.
+    let column_names: Vec<String> = contacts
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let sources = text_column(&contacts, "source")?;
+    let rule_of = |column: &str| -> Rule {
+        params
+            .survivorship
+            .get(column)
+            .or_else(|| params.survivorship.get("default"))
+            .copied()
+            .unwrap_or(Rule::MostRecent)
+    };
+    let mut golden_clusters: Vec<(u32, Vec<u32>, Fate)> = Vec::new();
+    for (cluster, list) in &members {
+        match fate[cluster] {
+            Fate::Merged => golden_clusters.push((*cluster, list.clone(), Fate::Merged)),
+            other => {
+                for i in list {
+                    golden_clusters.push((*i, vec![*i], other));
+                }
+            }
+        }
+    }
+    golden_clusters.sort_by(|a, b| ids[survivor(&a.1) as usize].cmp(&ids[survivor(&b.1) as usize]));
+    let mut out_columns: Vec<Column> = Vec::new();
+    let mut alternates: BTreeMap<String, Vec<Option<Vec<String>>>> = BTreeMap::new();
+    for name in &column_names {
+        let values = text_column(&contacts, name)?;
+        let rule = if name == "contact_id" {
+            Rule::Oldest
+        } else {
+            rule_of(name)
+        };
+        let mut take: Vec<Option<IdxSize>> = Vec::with_capacity(golden_clusters.len());
+        let mut alts: Vec<Option<Vec<String>>> = Vec::with_capacity(golden_clusters.len());
+        for (_, list, _) in &golden_clusters {
+            let surv = survivor(list);
+            if name == "contact_id" {
+                take.push(Some(surv as IdxSize));
+                alts.push(None);
+                continue;
+            }
+            let non_empty: Vec<u32> = list
+                .iter()
+                .copied()
+                .filter(|i| values[*i as usize].is_some())
+                .collect();
+            let chosen = if non_empty.is_empty() {
+                surv
+            } else {
+                match rule {
+                    Rule::MostRecent | Rule::KeepAll => *non_empty
+                        .iter()
+                        .max_by_key(|i| recent_key(**i))
+                        .unwrap_or(&surv),
+                    Rule::Oldest => *non_empty
+                        .iter()
+                        .min_by_key(|i| age_key(**i))
+                        .unwrap_or(&surv),
+                    Rule::MostFrequent => {
+                        let mut counts: HashMap<&str, usize> = HashMap::new();
+                        for i in &non_empty {
+                            *counts
+                                .entry(values[*i as usize].as_deref().unwrap_or_default())
+                                .or_default() += 1;
+                        }
+                        *non_empty
+                            .iter()
+                            .max_by_key(|i| {
+                                (
+                                    counts[values[**i as usize].as_deref().unwrap_or_default()],
+                                    recent_key(**i),
+                                )
+                            })
+                            .unwrap_or(&surv)
+                    }
+                    Rule::SourcePriority => *non_empty
+                        .iter()
+                        .min_by_key(|i| {
+                            let rank = sources[**i as usize]
+                                .as_deref()
+                                .and_then(|s| params.source_priority.iter().position(|p| p == s))
+                                .unwrap_or(usize::MAX);
+                            (rank, std::cmp::Reverse(recent_key(**i)))
+                        })
+                        .unwrap_or(&surv),
+                }
+            };
+            take.push(Some(chosen as IdxSize));
+            if rule == Rule::KeepAll {
+                let mut others: Vec<String> = non_empty
+                    .iter()
+                    .filter(|i| **i != chosen)
+                    .filter_map(|i| values[*i as usize].clone())
+                    .filter(|v| Some(v) != values[chosen as usize].as_ref())
+                    .collect();
+                others.sort();
+                others.dedup();
+                alts.push(Some(others));
+            } else {
+                alts.push(None);
+            }
+        }
+        let idx: IdxCa = take.into_iter().collect();
+        out_columns.push(contacts.column(name)?.take(&idx)?);
+        if rule == Rule::KeepAll {
+            alternates.insert(format!("{name}_alternates"), alts);
+        }
+    }
+    let height = golden_clusters.len();
+    for (name, alts) in alternates {
+        let series: Vec<Option<Series>> = alts
+            .into_iter()
+            .map(|a| Some(Series::new("".into(), a.unwrap_or_default())))
+            .collect();
+        let mut column = Series::new(name.as_str().into(), series);
+        if column.dtype() != &DataType::List(Box::new(DataType::String)) {
+            column = column.cast(&DataType::List(Box::new(DataType::String)))?;
+        }
+        out_columns.push(column.into_column());
+    }
+    let merged_ids: Vec<Series> = golden_clusters
+        .iter()
+        .map(|(_, list, _)| {
+            let mut names: Vec<String> = list.iter().map(|i| ids[*i as usize].clone()).collect();
+            names.sort();
+            Series::new("".into(), names)
+        })
+        .collect();
+    out_columns.push(Series::new("merged_ids".into(), merged_ids).into_column());
+    out_columns.push(Column::new(
+        "cluster_id".into(),
+        golden_clusters
+            .iter()
+            .map(|(_, list, _)| ids[survivor(list) as usize].clone())
+            .collect::<Vec<_>>(),
+    ));
+    out_columns.push(Column::new(
+        "run_id".into(),
+        vec![ctx.run_id.clone(); height],
+    ));
+    let deduped = DataFrame::new(height, out_columns)?;
+
+    // The merge map: every contact, its survivor and why.
+    let mut best: HashMap<u32, (f64, u32, String)> = HashMap::new();
+    for ((a, b), (p, why)) in &link_info {
+        for (me, other) in [(*a, *b), (*b, *a)] {
+            let entry = best.entry(me).or_insert((-1.0, other, String::new()));
+            if *p > entry.0 || (*p == entry.0 && other < entry.1) {
+                *entry = (*p, other, why.clone());
+            }
+        }
+    }
+    let mut map_contact = Vec::with_capacity(n);
+    let mut map_survivor = Vec::with_capacity(n);
+    let mut map_cluster = Vec::with_capacity(n);
+    let mut map_status = Vec::with_capacity(n);
+    let mut map_probability: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut map_linked_to: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut map_linked_by: Vec<Option<String>> = Vec::with_capacity(n);
+    for i in 0..n as u32 {
+        let cluster = cluster_of[i as usize];
+        let list = &members[&cluster];
+        let f = fate[&cluster];
+        let surv = if f == Fate::Merged { survivor(list) } else { i };
+        map_contact.push(ids[i as usize].clone());
+        map_survivor.push(ids[surv as usize].clone());
+        map_cluster.push(ids[survivor(list) as usize].clone());
+        map_status.push(match f {
+            Fate::Single => "single",
+            Fate::Merged if surv == i => "survivor",
+            Fate::Merged => "merged",
+            Fate::Held => "held",
+        });
+        match best.get(&i) {
+            Some((p, other, why)) => {
+                map_probability.push(Some(*p));
+                map_linked_to.push(Some(ids[*other as usize].clone()));
+                map_linked_by.push(Some(why.clone()));
+            }
+            None => {
+                map_probability.push(None);
+                map_linked_to.push(None);
+                map_linked_by.push(None);
+            }
+        }
+    }
+    let merge_map = DataFrame::new(
+        n,
+        vec![
+            Column::new("contact_id".into(), map_contact),
+            Column::new("survivor_id".into(), map_survivor),
+            Column::new("cluster_id".into(), map_cluster),
+            Column::new("status".into(), map_status),
+            Column::new("match_probability".into(), map_probability),
+            Column::new("linked_to".into(), map_linked_to),
+            Column::new("linked_by".into(), map_linked_by),
+            Column::new("run_id".into(), vec![ctx.run_id.clone(); n]),
+        ],
+    )?;
+
+    // The ledger: the pre-merge records of every merged cluster.
+    let mut ledger_rows: Vec<IdxSize> = Vec::new();
+    let mut ledger_cluster: Vec<String> = Vec::new();
+    for (cluster, list) in &members {
+        if fate[cluster] == Fate::Merged {
+            let surv = ids[survivor(list) as usize].clone();
+            for i in list {
+                ledger_rows.push(*i as IdxSize);
+                ledger_cluster.push(surv.clone());
+            }
+        }
+    }
+    let idx: IdxCa = ledger_rows.into_iter().map(Some).collect();
+    let mut ledger = contacts.take(&idx)?;
+    let rows = ledger.height();
+    ledger.with_column(Column::new("cluster_id".into(), ledger_cluster))?;
+    ledger.with_column(Column::new("run_id".into(), vec![ctx.run_id.clone(); rows]))?;
+
+    // Cluster statistics, largest first.
+    let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut merged_clusters: Vec<(usize, &str, Vec<&str>)> = Vec::new();
+    for (cluster, list) in &members {
+        if fate[cluster] == Fate::Merged {
+            *sizes.entry(list.len()).or_default() += 1;
+            let mut names: Vec<&str> = list.iter().map(|i| ids[*i as usize].as_str()).collect();
+            names.sort();
+            merged_clusters.push((list.len(), ids[survivor(list) as usize].as_str(), names));
+        }
+    }
+    merged_clusters.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    metrics.insert("clusters_merged".into(), Value::from(merged_clusters.len()));
+    metrics.insert(
+        "records_merged_away".into(),
+        Value::from(merged_clusters.iter().map(|c| c.0 - 1).sum::<usize>()),
+    );
+    metrics.insert("golden_records".into(), Value::from(height));
+    metrics.insert(
+        "cluster_sizes".into(),
+        json!(sizes
+            .iter()
+            .map(|(s, c)| (s.to_string(), json!(c)))
+            .collect::<serde_json::Map<_, _>>()),
+    );
+    metrics.insert("held_for_review".into(), Value::from(held_reasons));
+    metrics.insert(
+        "largest_merges".into(),
+        json!(merged_clusters
+            .iter()
+            .take(20)
+            .map(|(size, cluster, names)| json!({ "cluster": cluster, "records": size, "contacts": names }))
+            .collect::<Vec<_>>()),
+    );
+    let mut result = JobResult {
+        metrics,
+        ..Default::default()
+    };
+    result.outputs.push(OutputFrame {
+        role: "deduped".into(),
+        frame: deduped,
+        mode: WriteMode::Overwrite,
+        key: Some("contact_id".into()),
+    });
+    result.outputs.push(OutputFrame {
+        role: "map".into(),
+        frame: merge_map,
+        mode: WriteMode::Overwrite,
+        key: Some("contact_id".into()),
+    });
+    result.outputs.push(OutputFrame {
+        role: "ledger".into(),
+        frame: ledger,
+        mode: WriteMode::Overwrite,
+        key: None,
+    });
+    Ok(result)
+}
