@@ -63,7 +63,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write nightshift.toml and the standard pipelines into a folder
+    /// Write nightshift.toml and the standard suppression pipeline into a folder
     Init(InitArgs),
     /// Generate synthetic contacts, email events, activities and orders as Parquet
     Generate(GenerateArgs),
@@ -260,7 +260,8 @@ pub struct RunArgs {
     /// cron, a Kubernetes CronJob or any scheduler
     #[arg(long, conflicts_with_all = ["pipelines", "all"])]
     pub due: bool,
-    /// Evaluate schedules as if it were this time (RFC 3339), with --due
+    /// Evaluate schedules as if it were this time (RFC 3339), with --due; the
+    /// runs are recorded as serving that time, so use it on test warehouses
     #[arg(long, value_name = "TIME", requires = "due")]
     pub now: Option<String>,
     /// Run even when inputs and parameters are unchanged since the last success
@@ -1195,7 +1196,9 @@ fn validate(warehouse: &Warehouse, config: &Config, json_output: bool) -> anyhow
     let mut problems = Vec::new();
     for p in &pipelines {
         for (role, table) in &p.inputs {
-            let known = crate::schema::input_table(table).is_some()
+            let optional = p.kind.inputs.iter().any(|r| r.name == role && r.optional);
+            let known = optional
+                || crate::schema::input_table(table).is_some()
                 || produced.contains(&table.as_str())
                 || Table::new(warehouse, table)?.exists()?;
             if !known {
@@ -1670,6 +1673,10 @@ fn explain_merge(
             args.contact_id
         ),
         Some("survivor") => println!("{} is the survivor of its cluster", args.contact_id),
+        Some("unmerged") => println!(
+            "{} was unmerged by hand; {} keeps it apart from its former cluster",
+            args.contact_id, pipeline.inputs["do_not_merge"]
+        ),
         _ => println!(
             "{} was merged into {}",
             args.contact_id,
@@ -1726,9 +1733,15 @@ fn unmerge(
         .filter_map(|i| contacts[i].clone())
         .collect();
     if members.len() < 2 {
-        bail!(Error::Data(format!(
-            "cluster `{cluster}` merged nothing; there is nothing to unmerge"
-        )));
+        let unmerged = (0..contacts.len()).any(|i| {
+            clusters[i].as_deref() == Some(cluster.as_str())
+                && statuses[i].as_deref() == Some("unmerged")
+        });
+        bail!(Error::Data(if unmerged {
+            format!("`{wanted}` is already unmerged; its records are apart")
+        } else {
+            format!("cluster `{cluster}` merged nothing; there is nothing to unmerge")
+        }));
     }
     // The do-not-merge pairs first: a crash after this still keeps the
     // records apart on the next run.
@@ -1809,6 +1822,12 @@ fn unmerge(
                 .otherwise(col("status"))
                 .alias("status"),
         ])
+        .with_columns(["match_probability", "linked_to", "linked_by"].map(|name| {
+            when(col("status").eq(lit("unmerged")))
+                .then(lit(NULL))
+                .otherwise(col(name))
+                .alias(name)
+        }))
         .with_column(
             when(col("status").eq(lit("unmerged")))
                 .then(col("contact_id"))

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         "error"
     } else {
         match cli.global.verbose {
+            // A long-running scheduler logs its starts, ends, skips and
+            // errors without -v.
+            0 if matches!(cli.command, nightshift::cli::Command::Schedule(_)) => {
+                "warn,nightshift=info"
+            }
             0 => "warn",
             1 => "warn,nightshift=info",
             2 => "warn,nightshift=debug",

@@ -139,8 +139,11 @@ pub fn status_of(
         None
     };
     let next_due_at = pipeline.schedule.as_ref().and_then(|schedule| {
-        let since = last_scheduled(manifests);
-        match since.and_then(|since| schedule.latest_between(since, now)) {
+        // A pipeline never run by schedule is due at its latest scheduled
+        // time, as `run --due` sees it.
+        let since = last_scheduled(manifests)
+            .unwrap_or(now - Duration::days(crate::schedule::FIRST_RUN_LOOKBACK_DAYS));
+        match schedule.latest_between(since, now) {
             Some(due) => Some(due),
             None => schedule.next_after(now),
         }
@@ -274,6 +277,11 @@ pub fn update_health(
     run: Option<&Manifest>,
     now: DateTime<Utc>,
 ) -> Vec<Notification> {
+    // Without channels nothing is alerted, so nothing is recorded as
+    // alerted: channels added later still hear of the current trouble.
+    if config.alerts.is_empty() {
+        return Vec::new();
+    }
     let old = load_state(warehouse, &status.pipeline);
     let reminder = config
         .alert_reminder_hours
@@ -347,8 +355,11 @@ pub fn check_health(
     now: DateTime<Utc>,
 ) -> Result<Vec<PipelineStatus>> {
     let mut out = Vec::new();
-    for (status, _) in statuses(warehouse, pipelines, now)? {
-        update_health(warehouse, config, &status, None, now);
+    for pipeline in pipelines {
+        let manifests = manifest::list(warehouse, &pipeline.name)?;
+        let status = status_of(pipeline, &manifests, now);
+        let latest = manifests.iter().max_by_key(|m| m.started_at);
+        update_health(warehouse, config, &status, latest, now);
         out.push(status);
     }
     Ok(out)

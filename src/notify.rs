@@ -122,9 +122,6 @@ impl Alert {
         if self.event == AlertEvent::Recovery {
             text = format!(":white_check_mark: nightshift {}", self.message);
         }
-        if let Some(error) = &self.error {
-            text.push_str(&format!("\nerror: {error}"));
-        }
         if let Some(manifest) = &self.manifest {
             text.push_str(&format!("\nmanifest: {manifest}"));
         }

@@ -182,7 +182,13 @@ impl Pipeline {
         let schedule = match &file.schedule {
             Some(expression) => Some(
                 Schedule::parse(expression, file.time_zone.as_deref().unwrap_or("UTC"))
-                    .map_err(|e| invalid(format!("schedule: {e}")))?,
+                    .map_err(|e| invalid(format!("schedule: {e}")))
+                    .and_then(|schedule| match schedule.next_after(chrono::Utc::now()) {
+                        Some(_) => Ok(schedule),
+                        None => Err(invalid(format!(
+                            "schedule `{expression}` never fires (a date that does not exist)"
+                        ))),
+                    })?,
             ),
             None => None,
         };

@@ -69,6 +69,7 @@ fn params_hash(pipeline: &Pipeline) -> String {
         "params": pipeline.params,
         "inputs": pipeline.inputs,
         "outputs": pipeline.outputs,
+        "gates": pipeline.gates,
     });
     let digest = Sha256::digest(value.to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -337,6 +338,11 @@ fn skip_reason(
     if last.params_hash != manifest.params_hash {
         return None;
     }
+    // A job that reads the clock (an as-of time of "now") has new work
+    // whenever time passes, even on unchanged inputs.
+    if crate::jobs::reads_clock(pipeline.kind.name, &pipeline.params) {
+        return None;
+    }
     let same_inputs = manifest.inputs.len() == last.inputs.len()
         && manifest.inputs.iter().all(|input| {
             last.input(&input.role)
@@ -394,12 +400,54 @@ fn describe_output(
         (WriteMode::Overwrite, Some(previous), Some(key)) => {
             diff_by_key(&previous, &new.frame, key)?
         }
-        (WriteMode::Overwrite, Some(previous), None) => (new_rows, previous.height() as u64, 0),
+        (WriteMode::Overwrite, Some(previous), None) => diff_rows(&previous, &new.frame)?,
     };
     record.rows_added = Some(added);
     record.rows_removed = Some(removed);
     record.rows_changed = Some(changed);
     Ok(record)
+}
+
+/// Returns (added, removed, 0) row counts between two frames without a key:
+/// a row counts as added or removed when no row of the other frame has the
+/// same values (run_id aside).
+pub fn diff_rows(old: &DataFrame, new: &DataFrame) -> Result<(u64, u64, u64)> {
+    let old = flatten_lists(old.clone())?;
+    let new = flatten_lists(new.clone())?;
+    let compared: Vec<String> = new
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| c != "run_id" && old.schema().contains(c))
+        .collect();
+    if compared.is_empty() {
+        return Ok((new.height() as u64, old.height() as u64, 0));
+    }
+    let fingerprint = |df: &DataFrame| -> LazyFrame {
+        let parts: Vec<Expr> = compared
+            .iter()
+            .map(|c| {
+                col(c.as_str())
+                    .cast(DataType::String)
+                    .fill_null(lit("\u{1}"))
+            })
+            .collect();
+        df.clone()
+            .lazy()
+            .select([concat_str(parts, "\u{0}", false).alias("_row")])
+    };
+    let anti = |a: &DataFrame, b: &DataFrame| -> Result<u64> {
+        Ok(fingerprint(a)
+            .join(
+                fingerprint(b),
+                [col("_row")],
+                [col("_row")],
+                JoinArgs::new(JoinType::Anti),
+            )
+            .collect()?
+            .height() as u64)
+    };
+    Ok((anti(&new, &old)?, anti(&old, &new)?, 0))
 }
 
 /// Returns (added, removed, changed) row counts between two frames with the
@@ -575,23 +623,22 @@ pub fn gate_failures(
         .iter()
         .map(|n| n.to_string())
         .collect();
-    let missing = |column: &str| -> Option<String> {
-        (!names.iter().any(|n| n == column)).then(|| {
-            format!(
-                "no column `{column}`; the output's columns are: {}",
-                names.join(", ")
-            )
-        })
+    // A column or expression the output does not have is a mistake in the
+    // pipeline file, not a failed check: it is reported as such.
+    let wrong = |what: String| {
+        Error::Config(format!(
+            "gate on output `{}`: {what}; the output's columns are: {}. Fix the gate in the \
+             pipeline file",
+            gate.output,
+            names.join(", ")
+        ))
     };
-    for column in &gate.not_null {
-        if let Some(actual) = missing(column) {
-            fail(
-                "not_null",
-                format!("column `{column}` without nulls"),
-                actual,
-            );
-            continue;
+    for column in gate.not_null.iter().chain(&gate.unique) {
+        if !names.iter().any(|n| n == column) {
+            return Err(wrong(format!("no column `{column}`")));
         }
+    }
+    for column in &gate.not_null {
         let nulls = frame.column(column)?.null_count();
         if nulls > 0 {
             fail(
@@ -602,60 +649,48 @@ pub fn gate_failures(
         }
     }
     if !gate.unique.is_empty() {
-        let absent: Vec<String> = gate.unique.iter().filter_map(|c| missing(c)).collect();
-        if let Some(actual) = absent.first() {
+        let distinct = frame
+            .clone()
+            .lazy()
+            .select(
+                gate.unique
+                    .iter()
+                    .map(|c| col(c.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .unique(None, UniqueKeepStrategy::Any)
+            .collect()?
+            .height();
+        let duplicates = frame.height() - distinct;
+        if duplicates > 0 {
             fail(
                 "unique",
                 format!("unique ({})", gate.unique.join(", ")),
-                actual.clone(),
+                format!("{duplicates} duplicate rows"),
             );
-        } else {
-            let distinct = frame
-                .clone()
-                .lazy()
-                .select(
-                    gate.unique
-                        .iter()
-                        .map(|c| col(c.as_str()))
-                        .collect::<Vec<_>>(),
-                )
-                .unique(None, UniqueKeepStrategy::Any)
-                .collect()?
-                .height();
-            let duplicates = frame.height() - distinct;
-            if duplicates > 0 {
-                fail(
-                    "unique",
-                    format!("unique ({})", gate.unique.join(", ")),
-                    format!("{duplicates} duplicate rows"),
-                );
-            }
         }
     }
     if let Some(expression) = &gate.expression {
         let expr = polars::sql::sql_expr(expression)?;
-        let violating = frame
+        let counted = frame
             .clone()
             .lazy()
             .filter(expr.fill_null(lit(false)).not())
             .select([len()])
-            .collect();
-        match violating {
-            Ok(counted) => {
-                let n = counted.column("len")?.get(0)?.extract::<u64>().unwrap_or(0);
-                if n > 0 {
-                    fail(
-                        "expression",
-                        format!("`{expression}` on every row"),
-                        format!("{n} rows where it does not hold"),
-                    );
-                }
-            }
-            Err(e) => fail(
+            .collect()
+            .map_err(|e| {
+                wrong(format!(
+                    "expression `{expression}` cannot be evaluated: {}",
+                    crate::jobs::short_error(&e)
+                ))
+            })?;
+        let n = counted.column("len")?.get(0)?.extract::<u64>().unwrap_or(0);
+        if n > 0 {
+            fail(
                 "expression",
                 format!("`{expression}` on every row"),
-                format!("an expression that cannot be evaluated: {e}"),
-            ),
+                format!("{n} rows where it does not hold"),
+            );
         }
     }
     Ok(failures)

@@ -443,12 +443,6 @@ fn each_gate_stops_the_commit() {
             "`event_count >= 2` on every row",
             "3 rows where it does not hold",
         ),
-        (
-            "not_null = [\"nosuch\"]",
-            "not_null",
-            "column `nosuch` without nulls",
-            "no column `nosuch`",
-        ),
     ];
     for (rule, check, expected, actual) in cases {
         project.write(
@@ -480,6 +474,22 @@ fn each_gate_stops_the_commit() {
             "{rule}: nothing committed"
         );
     }
+
+    // A gate on a column the output lacks is a mistake in the file: exit 2.
+    project.write(
+        "pipelines/gated.toml",
+        "kind = \"suppression\"\n[outputs]\nlist = \"gated_list\"\nchanges = \"gated_changes\"\n\
+         pending_review = \"gated_held\"\nsendable = \"gated_sendable\"\n\
+         [[gates]]\noutput = \"list\"\nexpression = \"clickz >= 1\"\n",
+    );
+    let out = project.run(&["run", "gated"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("gate on output `list`: expression `clickz >= 1` cannot be evaluated"),
+        "{err}"
+    );
+    assert!(!err.contains("Resolved plan"), "{err}");
 
     // The change gate needs a previous version.
     project.write(

@@ -7,30 +7,43 @@ pub mod http;
 /// contact's company. A pipeline can add to this list or replace it.
 pub const FREE_MAIL_DOMAINS: &[&str] = &[
     "aol.com",
+    "bigpond.com",
+    "bigpond.net.au",
+    "dodo.com.au",
     "gmail.com",
     "googlemail.com",
     "gmx.com",
     "gmx.de",
     "gmx.net",
     "hotmail.co.uk",
+    "hotmail.com.au",
     "hotmail.com",
     "hotmail.de",
     "hotmail.fr",
     "icloud.com",
+    "iinet.net.au",
+    "internode.on.net",
     "live.com",
+    "live.com.au",
     "mac.com",
     "mail.com",
     "mail.ru",
     "me.com",
     "msn.com",
+    "optusnet.com.au",
     "outlook.com",
+    "outlook.com.au",
+    "ozemail.com.au",
     "proton.me",
     "protonmail.com",
     "qq.com",
     "t-online.de",
+    "tpg.com.au",
     "web.de",
+    "westnet.com.au",
     "yahoo.co.uk",
     "yahoo.com",
+    "yahoo.com.au",
     "yahoo.fr",
     "yandex.ru",
     "zoho.com",
@@ -70,6 +83,20 @@ pub fn normalize_domain(text: &str) -> Option<String> {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
         });
     valid.then(|| domain.to_string())
+}
+
+/// Returns true when `domain` is a free-mail or disposable domain of
+/// `free`, or one typing error away from one (gmial.com, hotmail.con), as
+/// misspelt consumer addresses are no company either.
+pub fn is_free_mail(domain: &str, free: &std::collections::BTreeSet<String>) -> bool {
+    if free.contains(domain) {
+        return true;
+    }
+    free.iter().any(|f| {
+        f.len().abs_diff(domain.len()) <= 1
+            && crate::dedupe::matching::levenshtein(f, domain) <= 1
+            && f.len() >= 7
+    })
 }
 
 /// The domain of an email address, if it has one.

@@ -247,8 +247,10 @@ fn check_rule(segment: &Segment) -> std::result::Result<Expr, String> {
         .collect()
         .map_err(|e| {
             format!(
-                "segment `{}` rule `{}` does not apply: {e}; the columns are: {available}",
-                segment.name, segment.rule
+                "segment `{}` rule `{}` does not apply: {}; the columns are: {available}",
+                segment.name,
+                segment.rule,
+                super::short_error(&e)
             )
         })?;
     Ok(expr)

@@ -14,7 +14,7 @@
 //!
 //! | table | rows |
 //! |---|---|
-//! | `firmographics` | one per domain ever seen: status (found, not_found, error, pending), the fields, fetched_at (the last answer), attempted_at, attempts, http_status, error |
+//! | `firmographics` | one per domain ever seen: status (found, not_found, error, pending), the fields, fetched_at and attempted_at (the start of the run that got the last answer, or made the last attempt), attempts, http_status, error |
 //! | `firmographic_changes` | one per field whose value this run changed: domain, field, old_value, new_value |
 //! | `contacts_enriched` | one per contact: domain, and per field its value, `<field>_source` and `<field>_updated_at` |
 //!
@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
 use crate::delta::WriteMode;
 use crate::enrich::http::{self, Answer, Fetched, HttpProvider};
-use crate::enrich::{email_domain, normalize_domain, FREE_MAIL_DOMAINS};
+use crate::enrich::{email_domain, is_free_mail, normalize_domain, FREE_MAIL_DOMAINS};
 use crate::error::{Error, Result};
 use crate::schema::utc_timestamp;
 
@@ -576,6 +576,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     };
     let company_domains = strings(&contacts, "company_domain")?;
     let emails = strings(&contacts, "email")?;
+    // The free-mail check runs once per distinct domain, not per contact.
+    let mut free_checked: HashMap<String, bool> = HashMap::new();
+    let mut is_company = |domain: String| -> Option<String> {
+        let free_mail = *free_checked
+            .entry(domain.clone())
+            .or_insert_with(|| is_free_mail(&domain, &free));
+        (!free_mail).then_some(domain)
+    };
     let contact_domains: Vec<Option<String>> = company_domains
         .iter()
         .zip(&emails)
@@ -583,12 +591,12 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             company
                 .as_deref()
                 .and_then(normalize_domain)
-                .filter(|d| !free.contains(d))
+                .and_then(&mut is_company)
                 .or_else(|| {
                     email
                         .as_deref()
                         .and_then(email_domain)
-                        .filter(|d| !free.contains(d))
+                        .and_then(&mut is_company)
                 })
         })
         .collect();

@@ -136,14 +136,24 @@ pub fn view_columns() -> Vec<(&'static str, DataType)> {
         ("grade", DataType::String),
         ("mql", DataType::Boolean),
         ("score_change", DataType::Float64),
+        ("first_order_at", utc_timestamp()),
+        ("last_order_at", utc_timestamp()),
         ("orders", DataType::Int64),
         ("revenue_lifetime", DataType::Float64),
+        ("revenue_90d", DataType::Float64),
+        ("revenue_365d", DataType::Float64),
         ("average_order_value", DataType::Float64),
+        ("avg_days_between_orders", DataType::Float64),
         ("recency_days", DataType::Int64),
+        ("r_score", DataType::Int32),
+        ("f_score", DataType::Int32),
+        ("m_score", DataType::Int32),
         ("rfm_segment", DataType::String),
         ("cohort", DataType::String),
+        ("frequency", DataType::Float64),
         ("probability_alive", DataType::Float64),
         ("expected_purchases", DataType::Float64),
+        ("expected_order_value", DataType::Float64),
         ("clv", DataType::Float64),
         ("churn_risk", DataType::String),
         ("company_name", DataType::String),
@@ -190,10 +200,10 @@ fn check_filter(
         .collect()
         .map_err(|e| {
             format!(
-                "list `{}`: filter `{}` names a column the view does not have ({e}); the \
-                 columns are: {}",
+                "list `{}`: filter `{}` does not apply: {}; the columns are: {}",
                 list.id,
                 list.filter,
+                super::short_error(&e),
                 names()
             )
         })?;
@@ -308,7 +318,7 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
             .with_column(col("suppressed").fill_null(lit(false))),
         None => view.with_column(lit(false).alias("suppressed")),
     };
-    Ok(view)
+    Ok(view.drop(cols(["_email_key"])))
 }
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
@@ -332,9 +342,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut guard_failures = Vec::new();
     let mut exports = Vec::new();
     for list in &params.lists {
-        let expr = check_filter(list, &columns).map_err(|message| {
-            Error::Data(format!("{message}; the tables present decide the columns"))
-        })?;
+        let expr = check_filter(list, &columns).map_err(Error::Config)?;
         let mut filter = expr.fill_null(lit(false));
         if !list.include_suppressed {
             filter = filter.and(col("suppressed").not());

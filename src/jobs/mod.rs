@@ -61,6 +61,21 @@ pub const KINDS: &[&KindSpec] = &[
     &enrichment::SPEC,
 ];
 
+/// Returns the first line of a Polars error, without the query plan Polars
+/// appends, for messages that people read.
+pub fn short_error(error: &impl std::fmt::Display) -> String {
+    let text = error.to_string();
+    let text = text.split("\n\nResolved plan").next().unwrap_or(&text);
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// Returns true for a pipeline whose result depends on when it runs: the
+/// scoring, clv and suppression_review kinds without a fixed `as_of`.
+pub fn reads_clock(kind: &str, params: &Value) -> bool {
+    let clocked = [scoring::SPEC.name, clv::SPEC.name, review::SPEC.name];
+    clocked.contains(&kind) && params.get("as_of").is_none_or(Value::is_null)
+}
+
 /// Returns true for an output role that amends a table another pipeline
 /// owns, rather than owning it: the review's `list`.
 pub fn amends(kind: &str, role: &str) -> bool {

@@ -183,9 +183,10 @@ fn fit_expr(rule: &FitRule, columns: &[String]) -> std::result::Result<Expr, Str
     .map_err(|e| e.to_string())?;
     frame.lazy().filter(expr.clone()).collect().map_err(|e| {
         format!(
-            "fit rule `{}` (`{}`) does not apply to the contacts: {e}; the columns are: {}",
+            "fit rule `{}` (`{}`) does not apply to the contacts: {}; the columns are: {}",
             rule.name,
             rule.rule,
+            super::short_error(&e),
             columns.join(", ")
         )
     })?;

@@ -22,7 +22,7 @@ use crate::runner::{self, RunOptions, RunReport};
 use crate::warehouse::Warehouse;
 
 /// How far back a never-run pipeline looks for its latest scheduled time.
-const FIRST_RUN_LOOKBACK_DAYS: i64 = 400;
+pub const FIRST_RUN_LOOKBACK_DAYS: i64 = 400;
 
 /// A scheduled run that has come due.
 #[derive(Debug, Clone, PartialEq)]
