@@ -238,17 +238,6 @@ fn reason() -> Expr {
     .otherwise(lit(NULL).cast(DataType::String))
 }
 
-/// The rule text of the reasons that fire on one event.
-fn event_rule() -> Expr {
-    when(col("reason").eq(lit("hard_bounce")))
-        .then(lit(
-            "hard_bounce: a hard bounce suppresses on its first occurrence",
-        ))
-        .when(col("reason").eq(lit("complaint")))
-        .then(lit("complaint: a spam complaint suppresses at once"))
-        .otherwise(lit("unsubscribe: an unsubscribe suppresses at once"))
-}
-
 /// Aggregates triggering events into one row per normalized address.
 pub fn aggregate_events(events: LazyFrame) -> LazyFrame {
     let order = || [col("occurred_at"), col("event_id")];
@@ -1340,13 +1329,10 @@ fn merge(
         ])
 }
 
-/// The rule text for an event reason column.
+/// The rule text of the reasons that fire on one event, from a reason
+/// column.
 fn event_rule_from(column: &str) -> Expr {
-    event_rule_for(col(column))
-}
-
-fn event_rule_for(reason: Expr) -> Expr {
-    let _ = event_rule;
+    let reason = col(column);
     when(reason.clone().eq(lit("hard_bounce")))
         .then(lit(
             "hard_bounce: a hard bounce suppresses on its first occurrence",
