@@ -22,7 +22,10 @@ time, CPU time and maximum resident set size. The tools run in turn, once
 per round, and the tables show the median of each tool. A run that exceeds
 --timeout-minutes or --memory-limit-gib is killed and reported as such.
 Before each timed run the script waits until no `cargo` or `rustc` process
-runs and the CPU is idle, for at most --idle-wait-minutes.
+runs and the CPU is idle, for at most --idle-wait-minutes, and it repeats a
+run that other work disturbed, at most --retries times. Before each
+nightshift run it deletes the clv table, so that every timed run is a first
+run.
 
 At the end the script compares the fitted parameters and the per-customer
 predictions of the two tools, joined on contact_id, and prints markdown
@@ -316,9 +319,9 @@ def build_running() -> str | None:
 def run_once(command: list[str], cwd: Path, stem: str, limits: Limits) -> Run:
     """Run a command under GNU time once, killing it past the time or memory limit.
 
-    The run's machine_note says why other work may have slowed it: a build
-    seen during the run, or more than MAX_BUSY_FRACTION of the CPU time of
-    all cores used by other processes.
+    The run's machine_note records why other work may have slowed it: a
+    build seen during the run, or more than MAX_BUSY_FRACTION of the CPU
+    time of all cores used by other processes.
     """
     log_dir = cwd / "logs"
     log_dir.mkdir(exist_ok=True)
