@@ -106,7 +106,7 @@ pub enum Command {
 pub enum ExplainCommand {
     /// Why an address is suppressed: reason, rule and triggering events
     Suppression(ExplainSuppressionArgs),
-    /// How a contact's score is made up: each rule group and fit rule
+    /// Show a contact's score, rule group by rule group and fit rule by fit rule
     Score(ExplainScoreArgs),
     /// Why a contact was merged: its survivor, cluster and the comparison
     Merge(ExplainMergeArgs),
@@ -127,7 +127,7 @@ pub struct UnmergeArgs {
     /// The dedupe pipeline whose tables to use
     #[arg(long, default_value = "dedupe")]
     pub pipeline: String,
-    /// Why the records are not the same person, kept with the do-not-merge pairs
+    /// The reason the records are different people, stored with the do-not-merge pairs
     #[arg(long, default_value = "unmerged by hand")]
     pub reason: String,
 }
@@ -1612,14 +1612,7 @@ fn latest_frame(warehouse: &Warehouse, name: &str) -> anyhow::Result<polars::pre
 }
 
 fn strings(frame: &polars::prelude::DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
-    use polars::prelude::*;
-    Ok(frame
-        .column(name)?
-        .cast(&DataType::String)?
-        .str()?
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect())
+    Ok(crate::jobs::string_column(frame, name)?)
 }
 
 fn explain_merge(

@@ -73,7 +73,7 @@ impl AlertChannel {
     }
 }
 
-/// What an alert is about.
+/// The event an alert reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertEvent {
@@ -108,7 +108,7 @@ pub struct Alert {
     /// The pipeline's state: ok, failing or stale.
     pub state: String,
     pub error: Option<String>,
-    /// Where the run's manifest is.
+    /// The location of the run's manifest.
     pub manifest: Option<String>,
     pub last_success_at: Option<String>,
     pub at: String,

@@ -209,3 +209,12 @@ pub const BOUNCE_TYPES: [&str; 3] = ["hard", "soft", "block"];
 
 /// Values of `orders.status`.
 pub const ORDER_STATUSES: [&str; 3] = ["completed", "refunded", "cancelled"];
+
+/// Returns a literal UTC timestamp expression of `micros` microseconds
+/// since the epoch, typed as the tables store timestamps.
+pub fn utc_literal(micros: i64) -> polars::prelude::Expr {
+    use polars::prelude::*;
+    lit(micros)
+        .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+        .cast(utc_timestamp())
+}

@@ -34,7 +34,7 @@ pub struct HttpProvider {
     /// Text before the key in the header, such as `Bearer `.
     #[serde(default)]
     pub api_key_prefix: String,
-    /// Our column to a JSON pointer into the answer, e.g.
+    /// Our column to a JSON pointer into the response, e.g.
     /// `employee_count = "/metrics/employees"`.
     pub fields: BTreeMap<String, String>,
     /// Requests in flight at once.
@@ -52,7 +52,7 @@ pub struct HttpProvider {
     /// Requests per run, retries included; the domains left wait for the
     /// next run.
     pub request_budget: Option<u64>,
-    /// Statuses that mean the provider knows no such company.
+    /// Statuses that mean the provider has no such company.
     #[serde(default = "default_not_found")]
     pub not_found_status: Vec<u16>,
     /// The first backoff before a retry, doubled each time.
@@ -125,7 +125,7 @@ impl HttpProvider {
     }
 }
 
-/// What the provider said about one domain.
+/// The provider's result for one domain.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     Found(BTreeMap<String, Value>),
@@ -143,7 +143,7 @@ pub struct Fetched {
     pub answer: Answer,
     /// Requests made for the domain.
     pub attempts: u32,
-    /// The last HTTP status, if any answer came.
+    /// The last HTTP status, if any response arrived.
     pub http_status: Option<u16>,
 }
 
@@ -324,7 +324,7 @@ async fn fetch_one(
                     let answer = match response.bytes().await {
                         Ok(body) => parse_body(provider, &body),
                         Err(e) => {
-                            Answer::Error(format!("cannot read the answer: {}", e.without_url()))
+                            Answer::Error(format!("cannot read the response: {}", e.without_url()))
                         }
                     };
                     let retry = matches!(&answer, Answer::Error(m) if m.starts_with("cannot read"));
@@ -408,17 +408,17 @@ fn parse_retry_after(value: &str) -> Option<f64> {
     Some((seconds as f64 / 1000.0).max(0.0))
 }
 
-/// Maps a JSON answer onto our columns; a missing field is null.
+/// Maps a JSON response onto our columns. A missing field is null.
 fn parse_body(provider: &HttpProvider, body: &[u8]) -> Answer {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Answer::Error("the provider answered 200 with an empty body".into());
+        return Answer::Error("the provider responded 200 with an empty body".into());
     }
     let json: Value = match serde_json::from_slice(body) {
         Ok(json) => json,
-        Err(e) => return Answer::Error(format!("the provider's answer is not JSON: {e}")),
+        Err(e) => return Answer::Error(format!("the provider's response is not JSON: {e}")),
     };
     if !json.is_object() {
-        return Answer::Error("the provider's answer is not a JSON object".into());
+        return Answer::Error("the provider's response is not a JSON object".into());
     }
     let mut values = BTreeMap::new();
     for (column, pointer) in &provider.fields {

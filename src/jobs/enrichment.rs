@@ -34,7 +34,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
+use super::{string_column as strings, JobContext, JobResult, KindSpec, OutputFrame, Role};
 use crate::delta::WriteMode;
 use crate::enrich::http::{self, Answer, Fetched, HttpProvider};
 use crate::enrich::{email_domain, is_free_mail, normalize_domain, FREE_MAIL_DOMAINS};
@@ -55,7 +55,7 @@ pub const SPEC: KindSpec = KindSpec {
             optional: false,
             name: "cache",
             default_table: "firmographics",
-            description: "one row per domain with the provider's answer",
+            description: "one row per domain with the provider's response",
         },
         Role {
             optional: false,
@@ -83,7 +83,7 @@ pub const FIELDS: [(&str, bool); 5] = [
     ("country", false),
 ];
 
-/// The contacts column that holds a contact's own value of a field.
+/// Returns the contacts column that contains a contact's own value of a field.
 fn contact_column(field: &str) -> &str {
     match field {
         "company_name" => "company",
@@ -117,9 +117,9 @@ pub struct Params {
     pub provider: Option<String>,
     pub http: Option<HttpProvider>,
     pub file: Option<FileProvider>,
-    /// Days a found answer stays fresh.
+    /// Days a found response stays fresh.
     pub ttl_days: f64,
-    /// Days a not-found answer stays fresh.
+    /// Days a not-found response stays fresh.
     pub not_found_ttl_days: f64,
     /// The run fails (after committing) when more of the requested domains
     /// end in an error.
@@ -265,18 +265,6 @@ pub struct CacheRow {
     pub http_status: Option<i64>,
     pub error: Option<String>,
     pub run_id: Option<String>,
-}
-
-fn strings(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
-    match frame.column(name) {
-        Ok(column) => Ok(column
-            .cast(&DataType::String)?
-            .str()?
-            .iter()
-            .map(|v| v.map(str::to_string))
-            .collect()),
-        Err(_) => Ok(vec![None; frame.height()]),
-    }
 }
 
 fn integers(frame: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {

@@ -61,6 +61,19 @@ pub const KINDS: &[&KindSpec] = &[
     &enrichment::SPEC,
 ];
 
+/// Returns a column as text, or nulls when the frame lacks it.
+pub fn string_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    match frame.column(name) {
+        Ok(column) => Ok(column
+            .cast(&DataType::String)?
+            .str()?
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()),
+        Err(_) => Ok(vec![None; frame.height()]),
+    }
+}
+
 /// Returns the first line of a Polars error, without the query plan Polars
 /// appends, for messages that people read.
 pub fn short_error(error: &impl std::fmt::Display) -> String {

@@ -30,7 +30,7 @@ use super::suppression::list_schema;
 use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
 use crate::delta::WriteMode;
 use crate::error::{Error, Result};
-use crate::schema::utc_timestamp;
+use crate::schema::{utc_literal, utc_timestamp};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "suppression_review",
@@ -133,12 +133,6 @@ fn parse_as_of(value: &str) -> std::result::Result<i64, String> {
     })
 }
 
-fn lit_time(micros: i64) -> Expr {
-    lit(micros)
-        .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-        .cast(utc_timestamp())
-}
-
 const DAY: i64 = 86_400_000_000;
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
@@ -186,15 +180,15 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             when(
                 col("expired_at")
                     .is_null()
-                    .and(col("_planned").lt_eq(lit_time(now))),
+                    .and(col("_planned").lt_eq(utc_literal(now))),
             )
-            .then(lit_time(now))
+            .then(utc_literal(now))
             .otherwise(col("expired_at"))
             .alias("expired_at"),
             when(
                 col("expired_at")
                     .is_null()
-                    .and(col("_planned").lt_eq(lit_time(now))),
+                    .and(col("_planned").lt_eq(utc_literal(now))),
             )
             .then(lit(ctx.run_id.clone()))
             .otherwise(col("run_id"))
@@ -202,7 +196,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         ])
         .with_column(
             col("expired_at")
-                .eq(lit_time(now))
+                .eq(utc_literal(now))
                 .and(col("run_id").eq(lit(ctx.run_id.clone())))
                 .alias("_expired_now"),
         )
@@ -271,7 +265,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let flagged = super::collect_streaming(engaged)?;
 
     // The report, with the change since the last review.
-    let age_days = (lit_time(now).cast(DataType::Int64)
+    let age_days = (utc_literal(now).cast(DataType::Int64)
         - col("first_suppressed_at").cast(DataType::Int64))
         / lit(DAY);
     let bucket = when(age_days.clone().lt_eq(lit(30)))

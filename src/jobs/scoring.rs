@@ -64,7 +64,7 @@ pub const SPEC: KindSpec = KindSpec {
     run,
 };
 
-/// How an event's points shrink with its age.
+/// The decay of an event's points with its age.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
 pub enum Decay {
@@ -80,7 +80,7 @@ pub enum Decay {
     },
 }
 
-/// Where a rule group's events come from.
+/// The table a rule group's events come from.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -97,7 +97,7 @@ pub struct Group {
     pub points: BTreeMap<String, f64>,
     #[serde(default = "no_decay")]
     pub decay: Decay,
-    /// The most a group's positive points add up to.
+    /// The maximum of a group's positive points.
     pub cap: Option<f64>,
 }
 

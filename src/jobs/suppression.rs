@@ -45,7 +45,7 @@ use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role};
 use crate::delta::WriteMode;
 use crate::email::{self, Normalization};
 use crate::error::Result;
-use crate::schema::utc_timestamp;
+use crate::schema::{utc_literal, utc_timestamp};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "suppression",
@@ -284,12 +284,6 @@ pub fn with_list_columns(frame: DataFrame) -> LazyFrame {
     frame.lazy().select(exprs)
 }
 
-fn lit_time(micros: i64) -> Expr {
-    lit(micros)
-        .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-        .cast(utc_timestamp())
-}
-
 /// Suppressions from streaks of soft bounces and blocks over the whole
 /// event history, as candidate list rows.
 fn streak_candidates(
@@ -359,7 +353,7 @@ fn streak_candidates(
         streak = streak.filter(
             col("bounce_type")
                 .eq(lit("block"))
-                .or(col("occurred_at").gt_eq(lit_time(since))),
+                .or(col("occurred_at").gt_eq(utc_literal(since))),
         );
     }
     let order = || [col("occurred_at"), col("event_id")];
@@ -510,7 +504,7 @@ fn address_candidates(
         ])
         .with_columns([
             lit("contacts").alias("source"),
-            lit_time(now_micros).alias("first_suppressed_at"),
+            utc_literal(now_micros).alias("first_suppressed_at"),
             lit(NULL).cast(utc_timestamp()).alias("last_event_at"),
             lit(0i64).alias("event_count"),
         ])
@@ -682,7 +676,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             )
             .filter(
                 col("removed_at").is_null().or(col(last)
-                    .fill_null(lit_time(i64::MIN / 2))
+                    .fill_null(utc_literal(i64::MIN / 2))
                     .gt(col("removed_at"))),
             )
             .drop(cols(["removed_at", "removal_reason"]))
@@ -936,7 +930,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         )
         .filter(
             col("last_event_at")
-                .fill_null(lit_time(i64::MIN / 2))
+                .fill_null(utc_literal(i64::MIN / 2))
                 .lt_eq(col("removed_at"))
                 .and(
                     col("reason")
@@ -1222,7 +1216,7 @@ fn as_held_rows(new_held: DataFrame, run_id: &str, now: i64, total: f64) -> Resu
             lit(NULL).cast(utc_timestamp()).alias("expired_at"),
             lit(run_id.to_string()).alias("run_id"),
             col("domain"),
-            lit_time(now).alias("held_at"),
+            utc_literal(now).alias("held_at"),
             concat_str(
                 [
                     lit("mass-bounce guard: "),
