@@ -318,6 +318,15 @@ impl BgNbd {
         self.probability_alive(x, t_x, t) * AliveForecast::new(self, x, t).expected(horizon)
     }
 
+    /// Computes E[Y(`horizon`) | alive at T], the expected number of purchases
+    /// in the next `horizon` time units of a customer known to be alive. It
+    /// depends on x and T only, so customers with the same two share it;
+    /// [`BgNbd::conditional_expected_purchases`] is this times
+    /// [`BgNbd::probability_alive`].
+    pub fn alive_expected_purchases(&self, horizon: f64, x: f64, t: f64) -> f64 {
+        AliveForecast::new(self, x, t).expected(horizon)
+    }
+
     /// Computes E[X(`t`)], the expected number of repeat purchases of a new
     /// customer within `t` time units of the first purchase (Fader, Hardie and
     /// Lee 2005, eq. 7):
@@ -449,7 +458,8 @@ fn fit_gamma_gamma_with(
     }
     // Values are divided by their mean so that the fitted v is of order one
     // whatever the currency.
-    let value_scale = mean_value.par_iter().sum::<f64>() / count as f64;
+    // A sequential sum: the same values always give the same scale.
+    let value_scale = mean_value.iter().sum::<f64>() / count as f64;
     let groups = build_groups(
         count,
         |i| (frequency[i] as u64, mean_value[i] / value_scale, 0.0),

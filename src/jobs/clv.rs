@@ -475,45 +475,73 @@ struct Predictions {
     clv: Vec<f64>,
 }
 
-/// Discounted CLV over the horizon of `params`: monthly steps of
-/// `time_unit.per_month()` units, the last one shortened to end at the
-/// horizon, each discounted by `(1 + monthly_discount_rate)^months`.
-pub fn discounted_clv(model: &BgNbd, x: f64, t_x: f64, t: f64, value: f64, params: &Params) -> f64 {
+/// The forecast of a customer known to be alive, which depends on x and T
+/// only: the expected purchases over the horizon of `params`, and those
+/// purchases split into monthly steps of `time_unit.per_month()` units (the
+/// last one shortened to end at the horizon), each discounted by
+/// `(1 + monthly_discount_rate)^months` and added up. A customer's expected
+/// purchases are the first times the probability alive, its CLV the second
+/// times the probability alive and the expected order value.
+fn alive_forecast(model: &BgNbd, x: f64, t: f64, params: &Params) -> (f64, f64) {
     let (horizon, monthly_discount_rate) = (params.horizon, params.monthly_discount_rate);
     let step = params.time_unit.per_month();
-    let mut total = 0.0;
+    let mut discounted = 0.0;
     let mut previous_time = 0.0;
     let mut previous = 0.0;
     let mut month = 1.0f64;
     while previous_time < horizon {
         let time = (month * step).min(horizon);
-        let expected = model.conditional_expected_purchases(time, x, t_x, t);
+        let expected = model.alive_expected_purchases(time, x, t);
         let discount = (1.0 + monthly_discount_rate).powf(time / step);
-        total += value * (expected - previous) / discount;
+        discounted += (expected - previous) / discount;
         previous = expected;
         previous_time = time;
         month += 1.0;
     }
-    total
+    (model.alive_expected_purchases(horizon, x, t), discounted)
 }
 
 fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Result<Predictions> {
     let bg = models.bgnbd.params;
     let gg = models.gamma_gamma.params;
+    // Frequencies are whole numbers and ages whole days in the model's unit,
+    // so a few thousand (x, T) pairs cover millions of customers: each
+    // pair's forecast, with its hypergeometric functions, is computed once.
+    let mut pairs: PlHashMap<(u64, u64), u32> = PlHashMap::default();
+    let mut keys: Vec<(f64, f64)> = Vec::new();
+    let slots: Vec<u32> = inputs
+        .frequency
+        .iter()
+        .zip(&inputs.age)
+        .map(|(&x, &t)| {
+            *pairs.entry((x.to_bits(), t.to_bits())).or_insert_with(|| {
+                keys.push((x, t));
+                (keys.len() - 1) as u32
+            })
+        })
+        .collect();
+    let forecasts: Vec<(f64, f64)> = keys
+        .par_iter()
+        .map(|&(x, t)| alive_forecast(&bg, x, t, params))
+        .collect();
     let rows: Vec<(Option<f64>, f64, f64, f64)> = (0..inputs.frequency.len())
         .into_par_iter()
         .map(|i| {
             let (x, t_x, t) = (inputs.frequency[i], inputs.recency[i], inputs.age[i]);
-            let alive = (x > 0.0).then(|| bg.probability_alive(x, t_x, t));
-            let purchases = bg.conditional_expected_purchases(params.horizon, x, t_x, t);
+            let (horizon_purchases, discounted_purchases) = forecasts[slots[i] as usize];
+            let alive = bg.probability_alive(x, t_x, t);
             let m = inputs.repeat_value[i];
             let value = if x > 0.0 && m > 0.0 {
                 gg.conditional_expected_value(x, m)
             } else {
                 gg.conditional_expected_value(0.0, 0.0)
             };
-            let clv = discounted_clv(&bg, x, t_x, t, value, params);
-            (alive, purchases, value, clv)
+            (
+                (x > 0.0).then_some(alive),
+                alive * horizon_purchases,
+                value,
+                value * alive * discounted_purchases,
+            )
         })
         .collect();
     let mut predictions = Predictions::default();
@@ -573,38 +601,248 @@ fn column_f64(frame: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
         .collect())
 }
 
-/// Historic value per customer, joined with the transaction days.
+/// Amounts are added up in millionths of the currency unit, as whole
+/// numbers: the sums are exact and the same in every run, whatever the
+/// order in which the orders are added.
+const AMOUNT_UNITS: f64 = 1e6;
+
+/// One customer's sums over its counted orders.
+#[derive(Debug, Default, Clone, Copy)]
+struct CustomerTotals {
+    /// Row of the customer's first order in the sorted order, for its id.
+    row: u32,
+    first_micros: i64,
+    last_micros: i64,
+    orders: i64,
+    units: i64,
+    first_day: i64,
+    last_day: i64,
+    days: i64,
+    first_day_units: i64,
+}
+
+impl CustomerTotals {
+    /// Sums one customer's orders, sorted by day.
+    fn of(orders: &[OrderKey], micros: &[i64], units: &[i64]) -> Self {
+        let first = &orders[0];
+        let mut totals = CustomerTotals {
+            row: first.row,
+            first_micros: i64::MAX,
+            last_micros: i64::MIN,
+            first_day: i64::from(first.day),
+            last_day: i64::from(orders[orders.len() - 1].day),
+            days: 1,
+            ..Default::default()
+        };
+        for (i, order) in orders.iter().enumerate() {
+            let row = order.row as usize;
+            totals.first_micros = totals.first_micros.min(micros[row]);
+            totals.last_micros = totals.last_micros.max(micros[row]);
+            totals.units += units[row];
+            if order.day == first.day {
+                totals.first_day_units += units[row];
+            }
+            if i > 0 && orders[i - 1].day != order.day {
+                totals.days += 1;
+            }
+        }
+        totals.orders = orders.len() as i64;
+        totals
+    }
+}
+
+/// A counted order's place in the sort that brings each customer's orders
+/// together: the hash of its contact_id, its day and its row.
+#[derive(Debug, Clone, Copy)]
+struct OrderKey {
+    hash: u64,
+    day: i32,
+    row: u32,
+}
+
+/// A fixed hash of a contact id: the same id gets the same hash in every
+/// run, so customers come out in the same order.
+fn id_hash(id: &str) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut hash = id.len() as u64;
+    for chunk in id.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    // The finaliser of SplitMix64 spreads every input bit over the result.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94D0_49BB_1331_11EB);
+    hash ^ (hash >> 31)
+}
+
+/// The ranges of `keys`, sorted by hash, that hold one customer each. Two
+/// ids that share a hash are sorted apart by id first.
+fn customer_runs(keys: &mut [OrderKey], ids: &[&str]) -> Vec<(usize, usize)> {
+    // Pieces that end where the hash changes are split up in parallel.
+    let pieces = rayon::current_num_threads() * 8;
+    let size = (keys.len() / pieces).max(1);
+    let mut slices = Vec::with_capacity(pieces + 1);
+    let mut rest = keys;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        let mut end = size.min(rest.len());
+        while end < rest.len() && rest[end].hash == rest[end - 1].hash {
+            end += 1;
+        }
+        let (piece, tail) = rest.split_at_mut(end);
+        slices.push((offset, piece));
+        offset += end;
+        rest = tail;
+    }
+    slices
+        .into_par_iter()
+        .flat_map_iter(|(offset, piece)| {
+            let mut runs = Vec::new();
+            let mut start = 0;
+            while start < piece.len() {
+                let hash = piece[start].hash;
+                let mut end = start + 1;
+                while end < piece.len() && piece[end].hash == hash {
+                    end += 1;
+                }
+                let run = &mut piece[start..end];
+                let id = ids[run[0].row as usize];
+                if run.iter().all(|key| ids[key.row as usize] == id) {
+                    runs.push((offset + start, offset + end));
+                } else {
+                    run.sort_unstable_by_key(|key| (ids[key.row as usize], key.day, key.row));
+                    let mut from = 0;
+                    for at in 1..=run.len() {
+                        if at == run.len()
+                            || ids[run[at].row as usize] != ids[run[from].row as usize]
+                        {
+                            runs.push((offset + start + from, offset + start + at));
+                            from = at;
+                        }
+                    }
+                }
+                start = end;
+            }
+            runs
+        })
+        .collect()
+}
+
+/// Historic value and transaction days per customer: one row per customer
+/// with a counted order.
+///
+/// The orders are sorted by a fixed hash of contact_id and by day, so each
+/// customer's orders lie together and in order, and summed in one pass.
+/// Amounts are added in whole millionths. The frame is therefore the same,
+/// rows and order, for the same orders, however they are stored.
 fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<DataFrame> {
-    let counted = counted_orders(orders, as_of.end_micros);
-    let micros = || col("ordered_at").cast(DataType::Int64);
-    let mut aggregations = vec![
-        col("ordered_at").min().alias("first_order_at"),
-        col("ordered_at").max().alias("last_order_at"),
-        len().cast(DataType::Int64).alias("orders"),
-        col("amount").sum().alias("revenue_lifetime"),
+    let counted = counted_orders(orders, as_of.end_micros).select([
+        col("contact_id"),
+        col("ordered_at"),
+        col("amount"),
+    ]);
+    let counted = super::collect_streaming(counted)?;
+    let height = counted.height();
+    if u32::try_from(height).is_err() {
+        return Err(Error::Data(format!(
+            "{height} counted orders are more than the clv job handles in one run ({})",
+            u32::MAX
+        )));
+    }
+    let timestamp_type = counted.column("ordered_at")?.dtype().clone();
+    let ids = counted.column("contact_id")?.str()?.rechunk();
+    let micros = counted.column("ordered_at")?.cast(&DataType::Int64)?;
+    let micros = micros.i64()?.rechunk();
+    let amounts = counted.column("amount")?.cast(&DataType::Float64)?;
+    let amounts = amounts.f64()?.rechunk();
+    let missing = ids.null_count() + micros.null_count() + amounts.null_count();
+    if missing > 0 {
+        return Err(Error::Data(format!(
+            "{missing} counted orders lack a contact_id, ordered_at or amount; \
+             ingest them again through `nightshift ingest orders`, which rejects such rows"
+        )));
+    }
+    let micros = micros.cont_slice()?;
+    let units: Vec<i64> = amounts
+        .cont_slice()?
+        .par_iter()
+        .map(|amount| (amount * AMOUNT_UNITS).round() as i64)
+        .collect();
+    // One chunk without nulls after the rechunk and the check above.
+    let ids: Vec<&str> = ids
+        .downcast_iter()
+        .flat_map(|array| array.values_iter())
+        .collect();
+
+    let mut keys: Vec<OrderKey> = (0..height)
+        .into_par_iter()
+        .map(|row| {
+            let day = micros[row].div_euclid(MICROS_PER_DAY);
+            OrderKey {
+                hash: id_hash(ids[row]),
+                day: i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX }),
+                row: row as u32,
+            }
+        })
+        .collect();
+    keys.par_sort_unstable_by_key(|key| (key.hash, key.day, key.row));
+
+    let runs = customer_runs(&mut keys, &ids);
+    let totals: Vec<CustomerTotals> = runs
+        .par_iter()
+        .map(|&(start, end)| CustomerTotals::of(&keys[start..end], micros, &units))
+        .collect();
+
+    let n = totals.len();
+    let int = |name: &str, value: fn(&CustomerTotals) -> i64| {
+        Column::new(name.into(), totals.iter().map(value).collect::<Vec<_>>())
+    };
+    let money = |name: &str, value: fn(&CustomerTotals) -> i64| {
+        Column::new(
+            name.into(),
+            totals
+                .iter()
+                .map(|t| value(t) as f64 / AMOUNT_UNITS)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut columns = vec![
+        counted.column("contact_id")?.take(&IdxCa::from_vec(
+            "".into(),
+            totals.iter().map(|t| t.row as IdxSize).collect(),
+        ))?,
+        int("first_order_at", |t| t.first_micros).cast(&timestamp_type)?,
+        int("last_order_at", |t| t.last_micros).cast(&timestamp_type)?,
+        int("orders", |t| t.orders),
+        money("revenue_lifetime", |t| t.units),
     ];
     for days in &params.revenue_windows_days {
         let since = as_of.end_micros - i64::from(*days) * MICROS_PER_DAY;
-        aggregations.push(
-            col("amount")
-                .filter(micros().gt_eq(lit(since)))
-                .sum()
-                .alias(format!("revenue_{days}d")),
-        );
+        let sums: Vec<f64> = runs
+            .par_iter()
+            .map(|&(start, end)| {
+                let sum: i64 = keys[start..end]
+                    .iter()
+                    .map(|key| key.row as usize)
+                    .filter(|&row| micros[row] >= since)
+                    .map(|row| units[row])
+                    .sum();
+                sum as f64 / AMOUNT_UNITS
+            })
+            .collect();
+        columns.push(Column::new(format!("revenue_{days}d").into(), sums));
     }
-    let historic = counted
-        .clone()
-        .group_by([col("contact_id")])
-        .agg(aggregations);
-    let joined = historic
-        .join(
-            transaction_days(counted),
-            [col("contact_id")],
-            [col("contact_id")],
-            JoinArgs::new(JoinType::Left),
-        )
-        .sort(["contact_id"], SortMultipleOptions::default());
-    super::collect_streaming(joined)
+    columns.extend([
+        int("first_day", |t| t.first_day),
+        int("last_day", |t| t.last_day),
+        int("purchase_days", |t| t.days),
+        money("total_value", |t| t.units),
+        money("first_value", |t| t.first_day_units),
+    ]);
+    Ok(DataFrame::new(n, columns)?)
 }
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
@@ -625,11 +863,9 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     metrics.insert("horizon".into(), Value::from(params.horizon));
     metrics.insert("customers".into(), Value::from(frame.height()));
 
-    // The customers with a transaction day, in the frame's order.
-    let first_day = column_i64(&frame, "first_day")?;
-    let has_days: Vec<bool> = first_day.iter().map(Option::is_some).collect();
+    // Every customer in the frame has a counted order, so a transaction day.
     let inputs = ModelInputs::from_days(
-        &first_day,
+        &column_i64(&frame, "first_day")?,
         &column_i64(&frame, "last_day")?,
         &column_i64(&frame, "purchase_days")?,
         &column_f64(&frame, "total_value")?,
@@ -681,7 +917,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Some(predictions)
         }
     };
-    let values = build_output(&frame, &has_days, &inputs, predictions, as_of, &params, ctx)?;
+    let values = build_output(&frame, &inputs, predictions, as_of, &params, ctx)?;
     timer.lap("rfm_and_output");
     metrics.insert("segments".into(), count_by(&values, "rfm_segment")?);
     metrics.insert("cohorts".into(), count_by(&values, "cohort")?);
@@ -714,24 +950,24 @@ fn bgnbd_json(fit: &model::Fit<BgNbd>, customers: usize) -> Value {
     })
 }
 
-/// Spreads values of the customers with transaction days over every row.
-fn spread<T: Clone>(has_days: &[bool], values: &[T], missing: T) -> Vec<T> {
-    let mut next = values.iter();
-    has_days
-        .iter()
-        .map(|has| {
-            if *has {
-                next.next().cloned().unwrap_or(missing.clone())
-            } else {
-                missing.clone()
-            }
-        })
-        .collect()
+/// The values of a column without nulls.
+fn values_i64(frame: &DataFrame, name: &str) -> Result<Vec<i64>> {
+    let column = frame.column(name)?.cast(&DataType::Int64)?;
+    Ok(column.i64()?.into_no_null_iter().collect())
 }
 
+/// The values of a column without nulls.
+fn values_f64(frame: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let column = frame.column(name)?.cast(&DataType::Float64)?;
+    Ok(column.f64()?.into_no_null_iter().collect())
+}
+
+/// The output frame: the historic values of `frame`, RFM scores and
+/// segments, the model inputs and the predictions, row for row. Every
+/// row of `frame` has a counted order, so `inputs` and `predictions` have
+/// one entry per row.
 fn build_output(
     frame: &DataFrame,
-    has_days: &[bool],
     inputs: &ModelInputs,
     predictions: Option<Predictions>,
     as_of: AsOf,
@@ -739,81 +975,63 @@ fn build_output(
     ctx: &JobContext,
 ) -> Result<DataFrame> {
     let height = frame.height();
-    let orders = column_i64(frame, "orders")?;
-    let revenue = column_f64(frame, "revenue_lifetime")?;
-    let last_day: Vec<Option<i64>> = column_i64(frame, "last_order_at")?
-        .into_iter()
-        .map(|t| t.map(|micros| micros.div_euclid(MICROS_PER_DAY)))
+    let orders = values_i64(frame, "orders")?;
+    let revenue = values_f64(frame, "revenue_lifetime")?;
+    let first_at = values_i64(frame, "first_order_at")?;
+    let last_at = values_i64(frame, "last_order_at")?;
+    let first_day = values_i64(frame, "first_day")?;
+    let recency_days: Vec<i64> = last_at
+        .iter()
+        .map(|micros| as_of.day - micros.div_euclid(MICROS_PER_DAY))
         .collect();
-    let recency_days: Vec<Option<i64>> =
-        last_day.iter().map(|d| d.map(|d| as_of.day - d)).collect();
 
     let recency_score = quintile_scores(
         &recency_days
             .iter()
-            .map(|d| -(d.unwrap_or(i64::MAX / 2) as f64))
+            .map(|d| -(*d as f64))
             .collect::<Vec<_>>(),
     );
-    let frequency_score = quintile_scores(
-        &orders
-            .iter()
-            .map(|o| o.unwrap_or(0) as f64)
-            .collect::<Vec<_>>(),
-    );
-    let monetary_score =
-        quintile_scores(&revenue.iter().map(|r| r.unwrap_or(0.0)).collect::<Vec<_>>());
+    let frequency_score = quintile_scores(&orders.iter().map(|o| *o as f64).collect::<Vec<_>>());
+    let monetary_score = quintile_scores(&revenue);
 
-    let first_day = column_i64(frame, "first_day")?;
-    let frequency = spread(
-        has_days,
-        &inputs
-            .frequency
-            .iter()
-            .map(|v| Some(*v))
-            .collect::<Vec<_>>(),
-        None,
-    );
     let new_days = i64::from(params.new_customer_days);
-    let cohort: Vec<&str> = frequency
+    let cohort: Vec<&str> = inputs
+        .frequency
         .iter()
         .zip(&first_day)
-        .map(|(x, first)| match (x, first) {
-            (Some(x), _) if *x > 0.0 => "repeat",
-            (Some(_), Some(first)) if as_of.day - first < new_days => "new",
-            (Some(_), _) => "one_time",
-            (None, _) => "unknown",
+        .map(|(x, first)| {
+            if *x > 0.0 {
+                "repeat"
+            } else if as_of.day - first < new_days {
+                "new"
+            } else {
+                "one_time"
+            }
         })
         .collect();
 
-    let some = |v: &[f64]| v.iter().map(|x| Some(*x)).collect::<Vec<_>>();
-    let (alive, purchases, value, clv) = match &predictions {
-        Some(p) => (
-            spread(has_days, &p.probability_alive, None),
-            spread(has_days, &some(&p.expected_purchases), None),
-            spread(has_days, &some(&p.expected_order_value), None),
-            spread(has_days, &some(&p.clv), None),
-        ),
-        None => (
-            vec![None; height],
-            vec![None; height],
-            vec![None; height],
-            vec![None; height],
-        ),
+    let predicted = |name: &str, values: Option<&[f64]>| match values {
+        Some(values) => Column::new(name.into(), values),
+        None => Column::full_null(name.into(), height, &DataType::Float64),
     };
-    let churn: Vec<Option<&str>> = alive
-        .iter()
-        .map(|p| {
-            p.map(|p| {
-                if p < params.churn_risk_high_below {
-                    "high"
-                } else if p >= params.churn_risk_low_above {
-                    "low"
-                } else {
-                    "medium"
-                }
+    let alive = predictions.as_ref().map(|p| &p.probability_alive);
+    let churn: Vec<Option<&str>> = match alive {
+        Some(alive) => alive
+            .iter()
+            .map(|p| {
+                p.map(|p| {
+                    if p < params.churn_risk_high_below {
+                        "high"
+                    } else if p >= params.churn_risk_low_above {
+                        "low"
+                    } else {
+                        "medium"
+                    }
+                })
             })
-        })
-        .collect();
+            .collect(),
+        None => vec![None; height],
+    };
 
     let mut columns: Vec<Column> = vec![
         frame.column("contact_id")?.clone(),
@@ -825,25 +1043,18 @@ fn build_output(
     for days in &params.revenue_windows_days {
         columns.push(frame.column(&format!("revenue_{days}d"))?.clone());
     }
-    let first_at = column_i64(frame, "first_order_at")?;
-    let last_at = column_i64(frame, "last_order_at")?;
-    let average_order_value: Vec<Option<f64>> = revenue
+    let average_order_value: Vec<f64> = revenue
         .iter()
         .zip(&orders)
-        .map(|(r, o)| match (r, o) {
-            (Some(r), Some(o)) if *o > 0 => Some(r / *o as f64),
-            _ => None,
-        })
+        .map(|(r, o)| r / *o as f64)
         .collect();
     let between: Vec<Option<f64>> = (0..height)
-        .map(|i| match (first_at[i], last_at[i], orders[i]) {
-            (Some(first), Some(last), Some(n)) if n > 1 => {
-                Some((last - first) as f64 / MICROS_PER_DAY as f64 / (n - 1) as f64)
-            }
-            _ => None,
+        .map(|i| {
+            (orders[i] > 1).then(|| {
+                (last_at[i] - first_at[i]) as f64 / MICROS_PER_DAY as f64 / (orders[i] - 1) as f64
+            })
         })
         .collect();
-    let spread_input = |v: &[f64]| spread(has_days, &some(v), None);
     columns.extend([
         Column::new("average_order_value".into(), average_order_value),
         Column::new("avg_days_between_orders".into(), between),
@@ -852,13 +1063,26 @@ fn build_output(
         Column::new("f_score".into(), frequency_score),
         Column::new("m_score".into(), monetary_score),
         Column::new("cohort".into(), cohort),
-        Column::new("frequency".into(), frequency),
-        Column::new("recency".into(), spread_input(&inputs.recency)),
-        Column::new("age".into(), spread_input(&inputs.age)),
-        Column::new("probability_alive".into(), alive),
-        Column::new("expected_purchases".into(), purchases),
-        Column::new("expected_order_value".into(), value),
-        Column::new("clv".into(), clv),
+        Column::new("frequency".into(), &inputs.frequency),
+        Column::new("recency".into(), &inputs.recency),
+        Column::new("age".into(), &inputs.age),
+        match alive {
+            Some(alive) => Column::new("probability_alive".into(), alive),
+            None => Column::full_null("probability_alive".into(), height, &DataType::Float64),
+        },
+        predicted(
+            "expected_purchases",
+            predictions
+                .as_ref()
+                .map(|p| p.expected_purchases.as_slice()),
+        ),
+        predicted(
+            "expected_order_value",
+            predictions
+                .as_ref()
+                .map(|p| p.expected_order_value.as_slice()),
+        ),
+        predicted("clv", predictions.as_ref().map(|p| p.clv.as_slice())),
         Column::new("churn_risk".into(), churn),
     ]);
     let mut out = DataFrame::new(height, columns)?;
