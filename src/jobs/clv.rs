@@ -570,15 +570,21 @@ fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Resu
 /// values never score lower.
 pub fn quintile_scores(values: &[f64]) -> Vec<i32> {
     let n = values.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.par_sort_unstable_by(|a, b| values[*a].total_cmp(&values[*b]));
+    // Values travel with their rows, so the sort compares neighbours in
+    // memory rather than looking values up.
+    let mut order: Vec<(f64, u32)> = values
+        .iter()
+        .enumerate()
+        .map(|(row, value)| (*value, row as u32))
+        .collect();
+    order.par_sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let mut scores = vec![0i32; n];
     let mut below = 0usize;
-    for (position, &index) in order.iter().enumerate() {
-        if position > 0 && values[order[position - 1]] < values[index] {
+    for (position, &(value, row)) in order.iter().enumerate() {
+        if position > 0 && order[position - 1].0 < value {
             below = position;
         }
-        scores[index] = 1 + ((5 * below) / n.max(1)) as i32;
+        scores[row as usize] = 1 + ((5 * below) / n.max(1)) as i32;
     }
     scores
 }
@@ -623,7 +629,7 @@ struct CustomerTotals {
 
 impl CustomerTotals {
     /// Sums one customer's orders, sorted by day.
-    fn of(orders: &[OrderKey], micros: &[i64], units: &[i64]) -> Self {
+    fn of(orders: &[OrderKey]) -> Self {
         let first = &orders[0];
         let mut totals = CustomerTotals {
             row: first.row,
@@ -635,12 +641,11 @@ impl CustomerTotals {
             ..Default::default()
         };
         for (i, order) in orders.iter().enumerate() {
-            let row = order.row as usize;
-            totals.first_micros = totals.first_micros.min(micros[row]);
-            totals.last_micros = totals.last_micros.max(micros[row]);
-            totals.units += units[row];
+            totals.first_micros = totals.first_micros.min(order.micros);
+            totals.last_micros = totals.last_micros.max(order.micros);
+            totals.units += order.units;
             if order.day == first.day {
-                totals.first_day_units += units[row];
+                totals.first_day_units += order.units;
             }
             if i > 0 && orders[i - 1].day != order.day {
                 totals.days += 1;
@@ -651,13 +656,16 @@ impl CustomerTotals {
     }
 }
 
-/// A counted order's place in the sort that brings each customer's orders
-/// together: the hash of its contact_id, its day and its row.
+/// A counted order in the sort that brings each customer's orders
+/// together: the hash of its contact_id, its day and its row, with its time
+/// and amount (in millionths) carried along.
 #[derive(Debug, Clone, Copy)]
 struct OrderKey {
     hash: u64,
     day: i32,
     row: u32,
+    micros: i64,
+    units: i64,
 }
 
 /// A fixed hash of a contact id: the same id gets the same hash in every
@@ -766,11 +774,7 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
         )));
     }
     let micros = micros.cont_slice()?;
-    let units: Vec<i64> = amounts
-        .cont_slice()?
-        .par_iter()
-        .map(|amount| (amount * AMOUNT_UNITS).round() as i64)
-        .collect();
+    let amounts = amounts.cont_slice()?;
     // One chunk without nulls after the rechunk and the check above.
     let ids: Vec<&str> = ids
         .downcast_iter()
@@ -785,6 +789,8 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
                 hash: id_hash(ids[row]),
                 day: i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX }),
                 row: row as u32,
+                micros: micros[row],
+                units: (amounts[row] * AMOUNT_UNITS).round() as i64,
             }
         })
         .collect();
@@ -793,7 +799,7 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
     let runs = customer_runs(&mut keys, &ids);
     let totals: Vec<CustomerTotals> = runs
         .par_iter()
-        .map(|&(start, end)| CustomerTotals::of(&keys[start..end], micros, &units))
+        .map(|&(start, end)| CustomerTotals::of(&keys[start..end]))
         .collect();
 
     let n = totals.len();
@@ -826,9 +832,8 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
             .map(|&(start, end)| {
                 let sum: i64 = keys[start..end]
                     .iter()
-                    .map(|key| key.row as usize)
-                    .filter(|&row| micros[row] >= since)
-                    .map(|row| units[row])
+                    .filter(|key| key.micros >= since)
+                    .map(|key| key.units)
                     .sum();
                 sum as f64 / AMOUNT_UNITS
             })
