@@ -7,6 +7,10 @@ use clap::Parser;
 use nightshift::cli::{self, Cli, EXIT_FAILURE};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(unix)]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = Cli::parse();
