@@ -308,7 +308,7 @@ fn holdout_compares_predicted_and_actual_purchases() {
 }
 
 #[test]
-fn the_same_orders_give_the_same_table_in_any_order() {
+fn clv_table_independent_of_order_of_orders() {
     let forward = project_with_orders();
     clv_pipeline(&forward, "as_of = \"1997-09-30\"");
     run_clv(&forward);

@@ -475,13 +475,14 @@ struct Predictions {
     clv: Vec<f64>,
 }
 
-/// The forecast of a customer known to be alive, which depends on x and T
-/// only: the expected purchases over the horizon of `params`, and those
-/// purchases split into monthly steps of `time_unit.per_month()` units (the
-/// last one shortened to end at the horizon), each discounted by
-/// `(1 + monthly_discount_rate)^months` and added up. A customer's expected
-/// purchases are the first times the probability alive, its CLV the second
-/// times the probability alive and the expected order value.
+/// Computes the forecast of a customer known to be alive, which depends on
+/// x and T only. It returns the expected purchases over the horizon of
+/// `params`, and the same purchases split into monthly steps of
+/// `time_unit.per_month()` units (the last step ends at the horizon), each
+/// discounted by `(1 + monthly_discount_rate)^months`, then added up.
+/// Expected purchases are the first value times the probability alive.
+/// The CLV is the second value times the probability alive and the
+/// expected order value.
 fn alive_forecast(model: &BgNbd, x: f64, t: f64, params: &Params) -> (f64, f64) {
     let (horizon, monthly_discount_rate) = (params.horizon, params.monthly_discount_rate);
     let step = params.time_unit.per_month();
@@ -668,8 +669,8 @@ struct OrderKey {
     units: i64,
 }
 
-/// A fixed hash of a contact id: the same id gets the same hash in every
-/// run, so customers come out in the same order.
+/// Hashes a contact id with fixed constants: the same id gets the same
+/// hash in every run, so customers come out in the same order.
 fn id_hash(id: &str) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut hash = id.len() as u64;
@@ -686,8 +687,8 @@ fn id_hash(id: &str) -> u64 {
     hash ^ (hash >> 31)
 }
 
-/// The ranges of `keys`, sorted by hash, that hold one customer each. Two
-/// ids that share a hash are sorted apart by id first.
+/// Returns the ranges of `keys` (sorted by hash) that contain one customer
+/// each. Two ids with the same hash are first sorted apart by id.
 fn customer_runs(keys: &mut [OrderKey], ids: &[&str]) -> Vec<(usize, usize)> {
     // Pieces that end where the hash changes are split up in parallel.
     let pieces = rayon::current_num_threads() * 8;
@@ -955,19 +956,19 @@ fn bgnbd_json(fit: &model::Fit<BgNbd>, customers: usize) -> Value {
     })
 }
 
-/// The values of a column without nulls.
+/// Reads a column without nulls as integers.
 fn values_i64(frame: &DataFrame, name: &str) -> Result<Vec<i64>> {
     let column = frame.column(name)?.cast(&DataType::Int64)?;
     Ok(column.i64()?.into_no_null_iter().collect())
 }
 
-/// The values of a column without nulls.
+/// Reads a column without nulls as floats.
 fn values_f64(frame: &DataFrame, name: &str) -> Result<Vec<f64>> {
     let column = frame.column(name)?.cast(&DataType::Float64)?;
     Ok(column.f64()?.into_no_null_iter().collect())
 }
 
-/// The output frame: the historic values of `frame`, RFM scores and
+/// Builds the output frame: the historic values of `frame`, RFM scores and
 /// segments, the model inputs and the predictions, row for row. Every
 /// row of `frame` has a counted order, so `inputs` and `predictions` have
 /// one entry per row.
