@@ -281,7 +281,7 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
             input.table.scan(&input.snapshot)?.select(wanted),
             [col("contact_id")],
             [col("contact_id")],
-            JoinArgs::new(JoinType::Left),
+            left_join_in_order(),
         );
     }
     let suppressed = match ctx.optional_input("suppression") {
@@ -313,7 +313,7 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
                 active,
                 [col("_email_key")],
                 [col("email_normalized")],
-                JoinArgs::new(JoinType::Left),
+                left_join_in_order(),
             )
             .with_column(col("suppressed").fill_null(lit(false))),
         None => view.with_column(lit(false).alias("suppressed")),
@@ -321,50 +321,133 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
     Ok(view.drop(cols(["_email_key"])))
 }
 
-fn run(ctx: &JobContext) -> Result<JobResult> {
-    let params: Params = serde_json::from_value(ctx.params.clone())?;
-    let view = super::collect_streaming(contact_view(ctx)?)?;
+/// Returns the arguments of a left join that keeps the order of the left
+/// rows, so that the view keeps the order of the contacts table.
+fn left_join_in_order() -> JoinArgs {
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    args
+}
+
+/// Returns the name of the boolean column that contains list `index`'s filter.
+fn flag_column(index: usize) -> String {
+    format!("_list_{index}")
+}
+
+/// Evaluates every list's filter over the contact view in one pass.
+/// Returns one row per contact with `contact_id`, `email` when `with_email`,
+/// and one boolean column per list (see [`flag_column`]), in the order of
+/// the contacts table.
+fn evaluate_filters(ctx: &JobContext, lists: &[ListSpec], with_email: bool) -> Result<DataFrame> {
+    let mut view = contact_view(ctx)?;
     let columns: Vec<(String, DataType)> = view
-        .schema()
+        .collect_schema()?
         .iter()
         .map(|(n, t)| (n.to_string(), t.clone()))
         .collect();
-    let previous = ctx.output("membership").read()?;
-    let now = ctx.started_at.timestamp_micros();
-    let now_lit = || {
-        lit(now)
-            .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-            .cast(utc_timestamp())
-    };
-
-    let mut members: Vec<LazyFrame> = Vec::new();
-    let mut counts = serde_json::Map::new();
-    let mut guard_failures = Vec::new();
-    let mut exports = Vec::new();
-    for list in &params.lists {
+    let mut selected = vec![col("contact_id")];
+    if with_email {
+        selected.push(col("email"));
+    }
+    for (index, list) in lists.iter().enumerate() {
         let expr = check_filter(list, &columns).map_err(Error::Config)?;
         let mut filter = expr.fill_null(lit(false));
         if !list.include_suppressed {
             filter = filter.and(col("suppressed").not());
         }
-        let ids = view
-            .clone()
-            .lazy()
-            .filter(filter)
-            .select([col("contact_id")])
-            .unique(None, UniqueKeepStrategy::Any)
-            .collect()?;
-        let before = previous
+        selected.push(filter.alias(flag_column(index)));
+    }
+    super::collect_streaming(view.select(selected))
+}
+
+/// Returns `flags` with one row per contact_id, sorted by contact_id. A
+/// contact with several rows in the view (a joined table with duplicate
+/// contact_ids) is on a list when any of its rows passes the filter.
+fn one_sorted_row_per_contact(flags: DataFrame, lists: usize) -> Result<DataFrame> {
+    if super::is_strictly_increasing(flags.column("contact_id")?) {
+        return Ok(flags);
+    }
+    let mut aggregates: Vec<Expr> = (0..lists)
+        .map(|index| col(flag_column(index).as_str()).max())
+        .collect();
+    if flags.schema().contains("email") {
+        aggregates.push(col("email").first());
+    }
+    Ok(flags
+        .lazy()
+        .group_by([col("contact_id")])
+        .agg(aggregates)
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// Returns the members of every list, sorted by list_id and contact_id, and
+/// the number of members per list index.
+fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..lists.len()).collect();
+    order.sort_by(|a, b| lists[*a].id.cmp(&lists[*b].id));
+    let contact_ids = flags.column("contact_id")?;
+    let mut sizes = vec![0; lists.len()];
+    let mut parts = Vec::with_capacity(lists.len());
+    for index in order {
+        let mask = flags.column(flag_column(index).as_str())?.bool()?;
+        let members = contact_ids.filter(mask)?;
+        sizes[index] = members.len();
+        let list_id = Column::new_scalar(
+            "list_id".into(),
+            Scalar::new(
+                DataType::String,
+                AnyValue::StringOwned(lists[index].id.as_str().into()),
+            ),
+            members.len(),
+        );
+        parts.push(DataFrame::new(members.len(), vec![list_id, members])?.lazy());
+    }
+    let current = concat(
+        parts,
+        UnionArgs {
+            maintain_order: true,
+            ..Default::default()
+        },
+    )?
+    .collect()?;
+    Ok((current, sizes))
+}
+
+fn run(ctx: &JobContext) -> Result<JobResult> {
+    let params: Params = serde_json::from_value(ctx.params.clone())?;
+    let with_email = params.lists.iter().any(|l| l.export_csv.is_some());
+    let flags = evaluate_filters(ctx, &params.lists, with_email)?;
+    let contacts = flags.height();
+    let flags = one_sorted_row_per_contact(flags, params.lists.len())?;
+    let (current, sizes) = current_members(&flags, &params.lists)?;
+
+    let previous = ctx.output("membership").read()?;
+    let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
+    let previous = previous
+        .map(|frame| -> Result<DataFrame> {
+            Ok(frame
+                .lazy()
+                .filter(col("list_id").is_in(
+                    lit(Series::new("list_ids".into(), list_ids.clone())).implode(false),
+                    false,
+                ))
+                .select([col("list_id"), col("contact_id"), col("member_since")])
+                .collect()?)
+        })
+        .transpose()?;
+    let sizes_before = match &previous {
+        Some(frame) => Some(count_per_list(frame)?),
+        None => None,
+    };
+
+    let mut counts = serde_json::Map::new();
+    let mut guard_failures = Vec::new();
+    for (list, after) in params.lists.iter().zip(&sizes) {
+        let after = *after;
+        let before = sizes_before
             .as_ref()
-            .map(|p| {
-                p.clone()
-                    .lazy()
-                    .filter(col("list_id").eq(lit(list.id.clone())))
-                    .collect()
-                    .map(|f| f.height())
-            })
-            .transpose()?;
-        let after = ids.height();
+            .map(|sizes| sizes.get(&list.id).copied().unwrap_or(0));
         let limit = list.max_change_pct.unwrap_or(params.max_change_pct);
         if let Some(before) = before.filter(|b| *b > 0) {
             let change = (after as f64 - before as f64) / before as f64 * 100.0;
@@ -380,13 +463,6 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             list.id.clone(),
             json!({ "members": after, "before": before }),
         );
-        let frame = ids
-            .lazy()
-            .with_column(lit(list.id.clone()).alias("list_id"));
-        if let Some(path) = &list.export_csv {
-            exports.push((path.clone(), list.id.clone()));
-        }
-        members.push(frame);
     }
     if !guard_failures.is_empty() {
         return Err(Error::Data(format!(
@@ -395,71 +471,16 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             guard_failures.join("; ")
         )));
     }
-    let current = concat(members, UnionArgs::default())?;
-    let previous_frame = previous.clone().unwrap_or_else(|| {
-        DataFrame::empty_with_schema(&Schema::from_iter([
-            Field::new("list_id".into(), DataType::String),
-            Field::new("contact_id".into(), DataType::String),
-            Field::new("member_since".into(), utc_timestamp()),
-        ]))
-    });
-    let membership = current
-        .clone()
-        .join(
-            previous_frame.clone().lazy().select([
-                col("list_id"),
-                col("contact_id"),
-                col("member_since"),
-            ]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Left),
-        )
-        .with_column(col("member_since").fill_null(now_lit()))
-        .select([col("list_id"), col("contact_id"), col("member_since")])
-        .sort(["list_id", "contact_id"], SortMultipleOptions::default())
-        .collect()?;
-    let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
-    let adds = current
-        .clone()
-        .join(
-            previous_frame
-                .clone()
-                .lazy()
-                .select([col("list_id"), col("contact_id")]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Anti),
-        )
-        .with_column(lit("add").alias("change"));
-    let removes = previous_frame
-        .clone()
+
+    let now = ctx.started_at.timestamp_micros();
+    let (membership, changes) = compare_with_previous(current, previous, now)?;
+    let changes = changes
         .lazy()
-        .filter(col("list_id").is_in(
-            lit(Series::new("l".into(), list_ids.clone())).implode(false),
-            false,
-        ))
-        .select([col("contact_id"), col("list_id")])
-        .join(
-            current.select([col("list_id"), col("contact_id")]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Anti),
-        )
-        .with_column(lit("remove").alias("change"));
-    let changes = concat(
-        [
-            adds.select([col("list_id"), col("contact_id"), col("change")]),
-            removes.select([col("list_id"), col("contact_id"), col("change")]),
-        ],
-        UnionArgs::default(),
-    )?
-    .with_columns([
-        now_lit().alias("changed_at"),
-        lit(ctx.run_id.clone()).alias("run_id"),
-    ])
-    .sort(["list_id", "contact_id"], SortMultipleOptions::default())
-    .collect()?;
+        .with_columns([
+            timestamp_literal(now).alias("changed_at"),
+            lit(ctx.run_id.clone()).alias("run_id"),
+        ])
+        .collect()?;
 
     let mut per_list: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (id, change) in changes
@@ -486,23 +507,30 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     result.metrics.insert("lists".into(), Value::Object(counts));
     result
         .metrics
-        .insert("contacts".into(), Value::from(view.height()));
-    for (path, id) in exports {
+        .insert("contacts".into(), Value::from(contacts));
+    for list in &params.lists {
+        let Some(path) = &list.export_csv else {
+            continue;
+        };
         let frame = membership
             .clone()
             .lazy()
-            .filter(col("list_id").eq(lit(id)))
+            .filter(col("list_id").eq(lit(list.id.clone())))
             .join(
-                view.clone()
+                flags
+                    .clone()
                     .lazy()
                     .select([col("contact_id"), col("email")]),
                 [col("contact_id")],
                 [col("contact_id")],
-                JoinArgs::new(JoinType::Left),
+                left_join_in_order(),
             )
             .select([col("contact_id"), col("email"), col("member_since")])
             .collect()?;
-        result.exports.push(Export { path, frame });
+        result.exports.push(Export {
+            path: path.clone(),
+            frame,
+        });
     }
     result.outputs.push(OutputFrame {
         role: "membership".into(),
@@ -517,4 +545,104 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         key: None,
     });
     Ok(result)
+}
+
+fn timestamp_literal(micros: i64) -> Expr {
+    lit(micros)
+        .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+        .cast(utc_timestamp())
+}
+
+/// Counts the rows of a membership frame per list_id.
+fn count_per_list(membership: &DataFrame) -> Result<BTreeMap<String, usize>> {
+    let counts = membership
+        .clone()
+        .lazy()
+        .group_by([col("list_id")])
+        .agg([len().cast(DataType::Int64).alias("n")])
+        .collect()?;
+    let mut sizes = BTreeMap::new();
+    for (id, n) in counts
+        .column("list_id")?
+        .str()?
+        .iter()
+        .zip(counts.column("n")?.i64()?.iter())
+    {
+        if let (Some(id), Some(n)) = (id, n) {
+            sizes.insert(id.to_string(), n as usize);
+        }
+    }
+    Ok(sizes)
+}
+
+/// Returns the new membership (list_id, contact_id, member_since), with the
+/// member_since of members who stay, and the changes (list_id, contact_id,
+/// change), both sorted by list_id and contact_id. `current` must be sorted
+/// the same way, and `previous` contains only the earlier members of the
+/// refreshed lists.
+fn compare_with_previous(
+    current: DataFrame,
+    previous: Option<DataFrame>,
+    now: i64,
+) -> Result<(DataFrame, DataFrame)> {
+    let Some(previous) = previous.filter(|p| p.height() > 0) else {
+        // A first refresh: everyone is new.
+        let membership = current
+            .clone()
+            .lazy()
+            .with_column(timestamp_literal(now).alias("member_since"))
+            .collect()?;
+        let changes = current
+            .lazy()
+            .with_column(lit("add").alias("change"))
+            .collect()?;
+        return Ok((membership, changes));
+    };
+    let keys = || [col("list_id"), col("contact_id")];
+    // One left join gives both the kept member_since and the adds.
+    let joined = current
+        .clone()
+        .lazy()
+        .join(
+            previous
+                .clone()
+                .lazy()
+                .with_column(lit(true).alias("_was_member")),
+            keys(),
+            keys(),
+            left_join_in_order(),
+        )
+        .collect()?;
+    let membership = joined
+        .clone()
+        .lazy()
+        .select([
+            col("list_id"),
+            col("contact_id"),
+            col("member_since").fill_null(timestamp_literal(now)),
+        ])
+        .collect()?;
+    let adds = joined.lazy().filter(col("_was_member").is_null()).select([
+        col("list_id"),
+        col("contact_id"),
+        lit("add").alias("change"),
+    ]);
+    let removes = previous
+        .lazy()
+        .select([col("list_id"), col("contact_id")])
+        .join(
+            current.lazy(),
+            keys(),
+            keys(),
+            JoinArgs::new(JoinType::Anti),
+        )
+        .select([
+            col("list_id"),
+            col("contact_id"),
+            lit("remove").alias("change"),
+        ]);
+    let changes = concat([adds, removes], UnionArgs::default())?
+        .sort(["list_id", "contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    Ok((membership, changes))
 }
