@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use polars::prelude::*;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -417,14 +418,30 @@ impl Table {
     /// Writes `df` as data files under unique names and returns their add
     /// actions. Nothing becomes visible until a commit references them.
     pub fn write_data_files(&self, df: &DataFrame) -> Result<Vec<Add>> {
-        let mut adds = Vec::new();
         let height = df.height();
-        let mut offset = 0;
-        loop {
-            let length = MAX_ROWS_PER_FILE.min(height - offset);
-            let mut chunk = df.slice(offset as i64, length);
-            let mut buffer: Vec<u8> = Vec::new();
-            ParquetWriter::new(&mut buffer).finish(&mut chunk)?;
+        // An empty frame still gets one (empty) file.
+        let chunks: Vec<(usize, usize)> = if height == 0 {
+            vec![(0, 0)]
+        } else {
+            (0..height)
+                .step_by(MAX_ROWS_PER_FILE)
+                .map(|offset| (offset, MAX_ROWS_PER_FILE.min(height - offset)))
+                .collect()
+        };
+        // Encoding takes most of the time of a large write, and the files
+        // are independent, so they are encoded in parallel.
+        let buffers: Vec<Result<Vec<u8>>> = chunks
+            .par_iter()
+            .map(|(offset, length)| {
+                let mut chunk = df.slice(*offset as i64, *length);
+                let mut buffer: Vec<u8> = Vec::new();
+                ParquetWriter::new(&mut buffer).finish(&mut chunk)?;
+                Ok(buffer)
+            })
+            .collect();
+        let mut adds = Vec::with_capacity(chunks.len());
+        for ((_, length), buffer) in chunks.iter().zip(buffers) {
+            let buffer = buffer?;
             let name = format!("part-{}.parquet", uuid::Uuid::now_v7());
             let size = buffer.len() as i64;
             self.warehouse
@@ -437,10 +454,6 @@ impl Table {
                 data_change: true,
                 stats: Some(json!({ "numRecords": length }).to_string()),
             });
-            offset += length;
-            if offset >= height {
-                break;
-            }
         }
         Ok(adds)
     }
