@@ -238,6 +238,14 @@ pub fn collect_streaming(plan: LazyFrame) -> Result<DataFrame> {
     Ok(plan.collect_with_engine(Engine::Streaming)?.unwrap_single())
 }
 
+/// Returns the arguments of a left join that keeps the order of the left
+/// rows.
+pub fn left_join_in_order() -> JoinArgs {
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    args
+}
+
 /// Returns true when `column` is a text column without nulls whose every
 /// value sorts after the one before it: sorted and without duplicates.
 pub fn is_strictly_increasing(column: &Column) -> bool {
