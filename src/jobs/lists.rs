@@ -242,21 +242,45 @@ fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
     Ok(value)
 }
 
-/// Joins the contact view: contacts plus the optional tables' columns.
-fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
+/// Builds the contact view: contacts plus the optional tables' columns and
+/// `suppressed`. With `needed`, the view has only those columns (and
+/// contact_id and suppressed): each table is read into memory with the
+/// needed columns, and one whose contact_ids match the contacts' row for
+/// row is joined without a hash join.
+fn contact_view(ctx: &JobContext, needed: Option<&BTreeSet<String>>) -> Result<LazyFrame> {
+    let suppression = ctx.optional_input("suppression");
+    let keep = |name: &str| match needed {
+        None => true,
+        Some(needed) => {
+            name == "contact_id"
+                || needed.contains(name)
+                || (name == "email" && suppression.is_some())
+        }
+    };
     let contacts = ctx.input("contacts");
-    let mut view = contacts.table.scan(&contacts.snapshot)?;
     let mut present: BTreeSet<String> = contacts
         .snapshot
         .schema
         .iter_names()
         .map(|n| n.to_string())
         .collect();
+    let contact_columns: Vec<Expr> = present
+        .iter()
+        .filter(|n| keep(n))
+        .map(|n| col(n.as_str()))
+        .collect();
+    let mut view = contacts.table.scan(&contacts.snapshot)?;
+    let mut frame = match needed {
+        Some(_) => Some(super::collect_streaming(
+            view.clone().select(contact_columns),
+        )?),
+        None => None,
+    };
     for role in ["scores", "clv", "firmographics"] {
         let Some(input) = ctx.optional_input(role) else {
             continue;
         };
-        let wanted: Vec<Expr> = input
+        let wanted: Vec<String> = input
             .snapshot
             .schema
             .iter_names()
@@ -270,63 +294,75 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
                         && !n.ends_with("_source")
                         && !n.ends_with("_updated_at"))
             })
+            .collect();
+        present.extend(wanted.iter().cloned());
+        let selected: Vec<Expr> = wanted
+            .iter()
+            .filter(|n| keep(n))
             .map(|n| col(n.as_str()))
             .collect();
-        for expr in &wanted {
-            if let Ok(name) = expr.clone().meta().output_name() {
-                present.insert(name.to_string());
+        let table = input.table.scan(&input.snapshot)?.select(selected);
+        frame = match frame {
+            Some(left) => Some(join_on_contact_id(left, super::collect_streaming(table)?)?),
+            None => {
+                view = view.join(
+                    table,
+                    [col("contact_id")],
+                    [col("contact_id")],
+                    super::left_join_in_order(),
+                );
+                None
             }
-        }
-        view = view.join(
-            input.table.scan(&input.snapshot)?.select(wanted),
-            [col("contact_id")],
-            [col("contact_id")],
-            left_join_in_order(),
-        );
+        };
     }
-    let suppressed = match ctx.optional_input("suppression") {
-        Some(input) => {
-            let active = input
-                .table
-                .scan(&input.snapshot)?
-                .select([col("email_normalized")])
-                .with_column(lit(true).alias("suppressed"));
-            let has_expiry = input.snapshot.schema.contains("expired_at");
-            let active = if has_expiry {
-                input
-                    .table
-                    .scan(&input.snapshot)?
-                    .filter(col("expired_at").is_null())
-                    .select([col("email_normalized")])
-                    .with_column(lit(true).alias("suppressed"))
-            } else {
-                active
-            };
-            Some(active.unique(None, UniqueKeepStrategy::Any))
-        }
-        None => None,
+    if let Some(frame) = frame {
+        view = frame.lazy();
+    }
+    let Some(input) = suppression else {
+        return Ok(view.with_column(lit(false).alias("suppressed")));
     };
-    view = view.with_column(super::suppression::normalize_email(col("email")).alias("_email_key"));
-    view = match suppressed {
-        Some(active) => view
-            .join(
-                active,
-                [col("_email_key")],
-                [col("email_normalized")],
-                left_join_in_order(),
-            )
-            .with_column(col("suppressed").fill_null(lit(false))),
-        None => view.with_column(lit(false).alias("suppressed")),
+    let active = input.table.scan(&input.snapshot)?;
+    let active = if input.snapshot.schema.contains("expired_at") {
+        active.filter(col("expired_at").is_null())
+    } else {
+        active
     };
-    Ok(view.drop(cols(["_email_key"])))
+    let active = active
+        .select([col("email_normalized")])
+        .with_column(lit(true).alias("suppressed"))
+        .unique(None, UniqueKeepStrategy::Any);
+    Ok(view
+        .with_column(super::suppression::normalize_email(col("email")).alias("_email_key"))
+        .join(
+            active,
+            [col("_email_key")],
+            [col("email_normalized")],
+            super::left_join_in_order(),
+        )
+        .with_column(col("suppressed").fill_null(lit(false)))
+        .drop(cols(["_email_key"])))
 }
 
-/// Returns the arguments of a left join that keeps the order of the left
-/// rows, so that the view keeps the order of the contacts table.
-fn left_join_in_order() -> JoinArgs {
-    let mut args = JoinArgs::new(JoinType::Left);
-    args.maintain_order = MaintainOrderJoin::Left;
-    args
+/// Left-joins `right` to `left` on contact_id, keeping the order of `left`.
+/// When both have the same contact_ids in the same order, without nulls,
+/// their columns are put side by side, which gives the same rows as the
+/// join.
+fn join_on_contact_id(left: DataFrame, right: DataFrame) -> Result<DataFrame> {
+    let left_ids = left.column("contact_id")?.as_materialized_series();
+    let right_ids = right.column("contact_id")?.as_materialized_series();
+    if left_ids.null_count() == 0 && left_ids.equals(right_ids) {
+        let added = right.drop("contact_id")?;
+        return Ok(left.hstack(added.columns())?);
+    }
+    Ok(left
+        .lazy()
+        .join(
+            right.lazy(),
+            [col("contact_id")],
+            [col("contact_id")],
+            super::left_join_in_order(),
+        )
+        .collect()?)
 }
 
 /// Returns the name of the boolean column that contains list `index`'s filter.
@@ -339,25 +375,35 @@ fn flag_column(index: usize) -> String {
 /// and one boolean column per list (see [`flag_column`]), in the order of
 /// the contacts table.
 fn evaluate_filters(ctx: &JobContext, lists: &[ListSpec], with_email: bool) -> Result<DataFrame> {
-    let mut view = contact_view(ctx)?;
-    let columns: Vec<(String, DataType)> = view
+    let columns: Vec<(String, DataType)> = contact_view(ctx, None)?
         .collect_schema()?
         .iter()
         .map(|(n, t)| (n.to_string(), t.clone()))
         .collect();
+    let mut needed: BTreeSet<String> = BTreeSet::new();
     let mut selected = vec![col("contact_id")];
     if with_email {
+        needed.insert("email".into());
         selected.push(col("email"));
     }
     for (index, list) in lists.iter().enumerate() {
         let expr = check_filter(list, &columns).map_err(Error::Config)?;
+        needed.extend(
+            expr.clone()
+                .meta()
+                .root_names()
+                .iter()
+                .map(|n| n.to_string()),
+        );
         let mut filter = expr.fill_null(lit(false));
         if !list.include_suppressed {
             filter = filter.and(col("suppressed").not());
         }
         selected.push(filter.alias(flag_column(index)));
     }
-    super::collect_streaming(view.select(selected))
+    Ok(contact_view(ctx, Some(&needed))?
+        .select(selected)
+        .collect()?)
 }
 
 /// Returns `flags` with one row per contact_id, sorted by contact_id. A
@@ -393,14 +439,7 @@ fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, 
         let mask = flags.column(flag_column(index).as_str())?.bool()?;
         let members = contact_ids.filter(mask)?;
         sizes[index] = members.len();
-        let list_id = Column::new_scalar(
-            "list_id".into(),
-            Scalar::new(
-                DataType::String,
-                AnyValue::StringOwned(lists[index].id.as_str().into()),
-            ),
-            members.len(),
-        );
+        let list_id = text_column("list_id", &lists[index].id, members.len());
         parts.push(DataFrame::new(members.len(), vec![list_id, members])?.lazy());
     }
     let current = concat(
@@ -473,35 +512,36 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     }
 
     let now = ctx.started_at.timestamp_micros();
+    let first_refresh = previous.as_ref().is_none_or(|p| p.height() == 0);
     let (membership, changes) = compare_with_previous(current, previous, now)?;
-    let changes = changes
-        .lazy()
-        .with_columns([
-            timestamp_literal(now).alias("changed_at"),
-            lit(ctx.run_id.clone()).alias("run_id"),
-        ])
-        .collect()?;
-
-    let mut per_list: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (id, change) in changes
-        .column("list_id")?
-        .str()?
-        .iter()
-        .zip(changes.column("change")?.str()?.iter())
-    {
-        if let (Some(id), Some(change)) = (id, change) {
-            let entry = per_list.entry(id.to_string()).or_default();
-            if change == "add" {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-        }
-    }
+    let height = changes.height();
+    let changes = changes.hstack(&[
+        timestamp_column("changed_at", now, height)?,
+        text_column("run_id", &ctx.run_id, height),
+    ])?;
+    let (added, removed) = if first_refresh {
+        let added = params
+            .lists
+            .iter()
+            .zip(&sizes)
+            .map(|(list, size)| (list.id.clone(), *size))
+            .collect();
+        (added, BTreeMap::new())
+    } else {
+        let of_kind = |kind: &str| -> Result<BTreeMap<String, usize>> {
+            count_per_list(
+                &changes
+                    .clone()
+                    .lazy()
+                    .filter(col("change").eq(lit(kind)))
+                    .collect()?,
+            )
+        };
+        (of_kind("add")?, of_kind("remove")?)
+    };
     for (id, value) in counts.iter_mut() {
-        let (added, removed) = per_list.get(id).copied().unwrap_or_default();
-        value["added"] = json!(added);
-        value["removed"] = json!(removed);
+        value["added"] = json!(added.get(id).copied().unwrap_or(0));
+        value["removed"] = json!(removed.get(id).copied().unwrap_or(0));
     }
     let mut result = JobResult::default();
     result.metrics.insert("lists".into(), Value::Object(counts));
@@ -523,7 +563,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                     .select([col("contact_id"), col("email")]),
                 [col("contact_id")],
                 [col("contact_id")],
-                left_join_in_order(),
+                super::left_join_in_order(),
             )
             .select([col("contact_id"), col("email"), col("member_since")])
             .collect()?;
@@ -545,6 +585,20 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         key: None,
     });
     Ok(result)
+}
+
+/// Returns a column of `len` copies of the UTC timestamp `micros`.
+fn timestamp_column(name: &str, micros: i64, len: usize) -> Result<Column> {
+    let value = Scalar::new(DataType::Int64, AnyValue::Int64(micros));
+    Ok(Column::new_scalar(name.into(), value, len)
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))?
+        .cast(&utc_timestamp())?)
+}
+
+/// Returns a column of `len` copies of `text`.
+fn text_column(name: &str, text: &str, len: usize) -> Column {
+    let value = Scalar::new(DataType::String, AnyValue::StringOwned(text.into()));
+    Column::new_scalar(name.into(), value, len)
 }
 
 fn timestamp_literal(micros: i64) -> Expr {
@@ -587,15 +641,9 @@ fn compare_with_previous(
 ) -> Result<(DataFrame, DataFrame)> {
     let Some(previous) = previous.filter(|p| p.height() > 0) else {
         // A first refresh: everyone is new.
-        let membership = current
-            .clone()
-            .lazy()
-            .with_column(timestamp_literal(now).alias("member_since"))
-            .collect()?;
-        let changes = current
-            .lazy()
-            .with_column(lit("add").alias("change"))
-            .collect()?;
+        let height = current.height();
+        let membership = current.hstack(&[timestamp_column("member_since", now, height)?])?;
+        let changes = current.hstack(&[text_column("change", "add", height)])?;
         return Ok((membership, changes));
     };
     let keys = || [col("list_id"), col("contact_id")];
@@ -610,7 +658,7 @@ fn compare_with_previous(
                 .with_column(lit(true).alias("_was_member")),
             keys(),
             keys(),
-            left_join_in_order(),
+            super::left_join_in_order(),
         )
         .collect()?;
     let membership = joined
