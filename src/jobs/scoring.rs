@@ -345,10 +345,12 @@ fn engagement_per_contact(
             .table
             .scan(&input.snapshot)?
             .select(columns)
+            // Events without a contact_id form a group that no contact
+            // joins, so they need no filter of their own.
             .filter(
-                col("contact_id")
-                    .is_not_null()
-                    .and(col("occurred_at").cast(DataType::Int64).lt_eq(lit(as_of)))
+                col("occurred_at")
+                    .cast(DataType::Int64)
+                    .lt_eq(lit(as_of))
                     .and(col(type_column).is_in(lit(types).implode(false), false)),
             )
             .with_columns([
