@@ -646,6 +646,9 @@ fn compare_with_previous(
         let changes = current.hstack(&[text_column("change", "add", height)])?;
         return Ok((membership, changes));
     };
+    if let Some(merged) = merge_memberships(&current, &previous, now)? {
+        return Ok(merged);
+    }
     let keys = || [col("list_id"), col("contact_id")];
     // One left join gives both the kept member_since and the adds.
     let joined = current
@@ -693,4 +696,97 @@ fn compare_with_previous(
         .sort(["list_id", "contact_id"], SortMultipleOptions::default())
         .collect()?;
     Ok((membership, changes))
+}
+
+/// Compares `current` with `previous` in one pass over both, when both are
+/// sorted by (list_id, contact_id) without duplicates, as the membership
+/// table is written. Returns what [`compare_with_previous`] returns, or
+/// `None` when `previous` is not sorted so or has null keys.
+fn merge_memberships(
+    current: &DataFrame,
+    previous: &DataFrame,
+    now: i64,
+) -> Result<Option<(DataFrame, DataFrame)>> {
+    if previous.column("member_since")?.dtype() != &utc_timestamp() {
+        return Ok(None);
+    }
+    let since = previous.column("member_since")?.to_physical_repr();
+    let since = since.i64()?;
+    let previous_lists = previous.column("list_id")?.str()?;
+    let previous_contacts = previous.column("contact_id")?.str()?;
+    let current_lists = current.column("list_id")?.str()?;
+    let current_contacts = current.column("contact_id")?.str()?;
+
+    let mut current_rows = current_lists.iter().zip(current_contacts.iter());
+    let mut previous_rows = previous_lists
+        .iter()
+        .zip(previous_contacts.iter())
+        .zip(since.iter());
+    let mut member_since: Vec<i64> = Vec::with_capacity(current.height());
+    let mut change_lists: Vec<&str> = Vec::new();
+    let mut change_contacts: Vec<&str> = Vec::new();
+    let mut change_kinds: Vec<&str> = Vec::new();
+    let mut last_previous: Option<(&str, &str)> = None;
+    let mut next_current = current_rows.next();
+    let mut next_previous = previous_rows.next();
+    loop {
+        let current_key = match next_current {
+            None => None,
+            Some((Some(list), Some(contact))) => Some((list, contact)),
+            Some(_) => return Ok(None),
+        };
+        let (previous_key, previous_since) = match next_previous {
+            None => (None, None),
+            Some(((Some(list), Some(contact)), since)) => (Some((list, contact)), since),
+            Some(_) => return Ok(None),
+        };
+        if let Some(key) = previous_key {
+            if last_previous.is_some_and(|last| last >= key) {
+                return Ok(None);
+            }
+        }
+        let order = match (current_key, previous_key) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(current_key), Some(previous_key)) => current_key.cmp(&previous_key),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (list, contact) = current_key.expect("a current row sorts first");
+                member_since.push(now);
+                change_lists.push(list);
+                change_contacts.push(contact);
+                change_kinds.push("add");
+                next_current = current_rows.next();
+            }
+            std::cmp::Ordering::Greater => {
+                let (list, contact) = previous_key.expect("a previous row sorts first");
+                change_lists.push(list);
+                change_contacts.push(contact);
+                change_kinds.push("remove");
+                last_previous = previous_key;
+                next_previous = previous_rows.next();
+            }
+            std::cmp::Ordering::Equal => {
+                member_since.push(previous_since.unwrap_or(now));
+                last_previous = previous_key;
+                next_current = current_rows.next();
+                next_previous = previous_rows.next();
+            }
+        }
+    }
+    let member_since = Column::new("member_since".into(), member_since)
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))?
+        .cast(&utc_timestamp())?;
+    let membership = current.clone().hstack(&[member_since])?;
+    let changes = DataFrame::new(
+        change_kinds.len(),
+        vec![
+            Column::new("list_id".into(), change_lists),
+            Column::new("contact_id".into(), change_contacts),
+            Column::new("change".into(), change_kinds),
+        ],
+    )?;
+    Ok(Some((membership, changes)))
 }
