@@ -701,7 +701,7 @@ fn compare_with_previous(
 /// Compares `current` with `previous` in one pass over both, when both are
 /// sorted by (list_id, contact_id) without duplicates, as the membership
 /// table is written. Returns what [`compare_with_previous`] returns, or
-/// `None` when `previous` is not sorted so or has null keys.
+/// `None` when `previous` is not sorted that way or has null keys.
 fn merge_memberships(
     current: &DataFrame,
     previous: &DataFrame,
@@ -789,4 +789,152 @@ fn merge_memberships(
         ],
     )?;
     Ok(Some((membership, changes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(frame: &DataFrame, column: &str) -> Vec<Option<String>> {
+        frame
+            .column(column)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    }
+
+    fn contacts(ids: &[&str]) -> DataFrame {
+        let countries: Vec<String> = ids.iter().map(|id| format!("country of {id}")).collect();
+        df!("contact_id" => ids, "country" => countries).unwrap()
+    }
+
+    fn scores(ids: &[&str]) -> DataFrame {
+        let grades: Vec<String> = ids.iter().map(|id| format!("grade of {id}")).collect();
+        df!("contact_id" => ids, "grade" => grades).unwrap()
+    }
+
+    #[test]
+    fn contact_id_join_aligned_and_shuffled() {
+        let aligned = join_on_contact_id(contacts(&["a", "b", "c"]), scores(&["a", "b", "c"]));
+        let aligned = aligned.unwrap();
+        assert_eq!(
+            ids(&aligned, "contact_id"),
+            ids(&contacts(&["a", "b", "c"]), "contact_id")
+        );
+        assert_eq!(
+            ids(&aligned, "grade"),
+            vec![
+                Some("grade of a".into()),
+                Some("grade of b".into()),
+                Some("grade of c".into())
+            ]
+        );
+
+        let shuffled = join_on_contact_id(contacts(&["a", "b", "c"]), scores(&["c", "a"])).unwrap();
+        assert_eq!(
+            ids(&shuffled, "contact_id"),
+            vec![Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        assert_eq!(
+            ids(&shuffled, "grade"),
+            vec![Some("grade of a".into()), None, Some("grade of c".into())]
+        );
+    }
+
+    #[test]
+    fn duplicate_contacts_merge_their_flags() {
+        let flags = df!(
+            "contact_id" => ["b", "a", "b"],
+            "_list_0" => [false, true, true],
+            "_list_1" => [false, false, false]
+        )
+        .unwrap();
+        let merged = one_sorted_row_per_contact(flags, 2).unwrap();
+        assert_eq!(
+            ids(&merged, "contact_id"),
+            vec![Some("a".into()), Some("b".into())]
+        );
+        let first: Vec<Option<bool>> = merged
+            .column("_list_0")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(first, vec![Some(true), Some(true)]);
+        let second: Vec<Option<bool>> = merged
+            .column("_list_1")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(second, vec![Some(false), Some(false)]);
+    }
+
+    fn membership(rows: &[(&str, &str, i64)]) -> DataFrame {
+        let since = Column::new(
+            "member_since".into(),
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))
+        .unwrap()
+        .cast(&utc_timestamp())
+        .unwrap();
+        DataFrame::new(
+            rows.len(),
+            vec![
+                Column::new(
+                    "list_id".into(),
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    "contact_id".into(),
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                ),
+                since,
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sorted_and_unsorted_previous_agree() {
+        let current = df!(
+            "list_id" => ["l1", "l1", "l2"],
+            "contact_id" => ["a", "c", "b"]
+        )
+        .unwrap();
+        let sorted = membership(&[("l1", "a", 5), ("l1", "b", 6), ("l2", "b", 7)]);
+        let unsorted = membership(&[("l2", "b", 7), ("l1", "b", 6), ("l1", "a", 5)]);
+        assert!(merge_memberships(&current, &sorted, 100).unwrap().is_some());
+        assert!(merge_memberships(&current, &unsorted, 100)
+            .unwrap()
+            .is_none());
+
+        for previous in [sorted, unsorted] {
+            let (kept, changes) =
+                compare_with_previous(current.clone(), Some(previous), 100).unwrap();
+            let since: Vec<Option<i64>> = kept
+                .column("member_since")
+                .unwrap()
+                .to_physical_repr()
+                .i64()
+                .unwrap()
+                .iter()
+                .collect();
+            assert_eq!(since, vec![Some(5), Some(100), Some(7)]);
+            assert_eq!(
+                ids(&changes, "contact_id"),
+                vec![Some("b".into()), Some("c".into())]
+            );
+            assert_eq!(
+                ids(&changes, "change"),
+                vec![Some("remove".into()), Some("add".into())]
+            );
+        }
+    }
 }
