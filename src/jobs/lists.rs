@@ -242,21 +242,45 @@ fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
     Ok(value)
 }
 
-/// Joins the contact view: contacts plus the optional tables' columns.
-fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
+/// Builds the contact view: contacts plus the optional tables' columns and
+/// `suppressed`. With `needed`, the view has only those columns (and
+/// contact_id and suppressed): each table is read into memory with the
+/// needed columns, and one whose contact_ids match the contacts' row for
+/// row is joined without a hash join.
+fn contact_view(ctx: &JobContext, needed: Option<&BTreeSet<String>>) -> Result<LazyFrame> {
+    let suppression = ctx.optional_input("suppression");
+    let keep = |name: &str| match needed {
+        None => true,
+        Some(needed) => {
+            name == "contact_id"
+                || needed.contains(name)
+                || (name == "email" && suppression.is_some())
+        }
+    };
     let contacts = ctx.input("contacts");
-    let mut view = contacts.table.scan(&contacts.snapshot)?;
     let mut present: BTreeSet<String> = contacts
         .snapshot
         .schema
         .iter_names()
         .map(|n| n.to_string())
         .collect();
+    let contact_columns: Vec<Expr> = present
+        .iter()
+        .filter(|n| keep(n))
+        .map(|n| col(n.as_str()))
+        .collect();
+    let mut view = contacts.table.scan(&contacts.snapshot)?;
+    let mut frame = match needed {
+        Some(_) => Some(super::collect_streaming(
+            view.clone().select(contact_columns),
+        )?),
+        None => None,
+    };
     for role in ["scores", "clv", "firmographics"] {
         let Some(input) = ctx.optional_input(role) else {
             continue;
         };
-        let wanted: Vec<Expr> = input
+        let wanted: Vec<String> = input
             .snapshot
             .schema
             .iter_names()
@@ -270,101 +294,199 @@ fn contact_view(ctx: &JobContext) -> Result<LazyFrame> {
                         && !n.ends_with("_source")
                         && !n.ends_with("_updated_at"))
             })
+            .collect();
+        present.extend(wanted.iter().cloned());
+        let selected: Vec<Expr> = wanted
+            .iter()
+            .filter(|n| keep(n))
             .map(|n| col(n.as_str()))
             .collect();
-        for expr in &wanted {
-            if let Ok(name) = expr.clone().meta().output_name() {
-                present.insert(name.to_string());
+        let table = input.table.scan(&input.snapshot)?.select(selected);
+        frame = match frame {
+            Some(left) => Some(join_on_contact_id(left, super::collect_streaming(table)?)?),
+            None => {
+                view = view.join(
+                    table,
+                    [col("contact_id")],
+                    [col("contact_id")],
+                    super::left_join_in_order(),
+                );
+                None
             }
-        }
-        view = view.join(
-            input.table.scan(&input.snapshot)?.select(wanted),
-            [col("contact_id")],
-            [col("contact_id")],
-            JoinArgs::new(JoinType::Left),
-        );
+        };
     }
-    let suppressed = match ctx.optional_input("suppression") {
-        Some(input) => {
-            let active = input
-                .table
-                .scan(&input.snapshot)?
-                .select([col("email_normalized")])
-                .with_column(lit(true).alias("suppressed"));
-            let has_expiry = input.snapshot.schema.contains("expired_at");
-            let active = if has_expiry {
-                input
-                    .table
-                    .scan(&input.snapshot)?
-                    .filter(col("expired_at").is_null())
-                    .select([col("email_normalized")])
-                    .with_column(lit(true).alias("suppressed"))
-            } else {
-                active
-            };
-            Some(active.unique(None, UniqueKeepStrategy::Any))
-        }
-        None => None,
+    if let Some(frame) = frame {
+        view = frame.lazy();
+    }
+    let Some(input) = suppression else {
+        return Ok(view.with_column(lit(false).alias("suppressed")));
     };
-    view = view.with_column(super::suppression::normalize_email(col("email")).alias("_email_key"));
-    view = match suppressed {
-        Some(active) => view
-            .join(
-                active,
-                [col("_email_key")],
-                [col("email_normalized")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .with_column(col("suppressed").fill_null(lit(false))),
-        None => view.with_column(lit(false).alias("suppressed")),
+    let active = input.table.scan(&input.snapshot)?;
+    let active = if input.snapshot.schema.contains("expired_at") {
+        active.filter(col("expired_at").is_null())
+    } else {
+        active
     };
-    Ok(view.drop(cols(["_email_key"])))
+    let active = active
+        .select([col("email_normalized")])
+        .with_column(lit(true).alias("suppressed"))
+        .unique(None, UniqueKeepStrategy::Any);
+    Ok(view
+        .with_column(super::suppression::normalize_email(col("email")).alias("_email_key"))
+        .join(
+            active,
+            [col("_email_key")],
+            [col("email_normalized")],
+            super::left_join_in_order(),
+        )
+        .with_column(col("suppressed").fill_null(lit(false)))
+        .drop(cols(["_email_key"])))
 }
 
-fn run(ctx: &JobContext) -> Result<JobResult> {
-    let params: Params = serde_json::from_value(ctx.params.clone())?;
-    let view = super::collect_streaming(contact_view(ctx)?)?;
-    let columns: Vec<(String, DataType)> = view
-        .schema()
+/// Left-joins `right` to `left` on contact_id, keeping the order of `left`.
+/// When both have the same contact_ids in the same order, without nulls,
+/// their columns are put side by side, which gives the same rows as the
+/// join.
+fn join_on_contact_id(left: DataFrame, right: DataFrame) -> Result<DataFrame> {
+    let left_ids = left.column("contact_id")?.as_materialized_series();
+    let right_ids = right.column("contact_id")?.as_materialized_series();
+    if left_ids.null_count() == 0 && left_ids.equals(right_ids) {
+        let added = right.drop("contact_id")?;
+        return Ok(left.hstack(added.columns())?);
+    }
+    Ok(left
+        .lazy()
+        .join(
+            right.lazy(),
+            [col("contact_id")],
+            [col("contact_id")],
+            super::left_join_in_order(),
+        )
+        .collect()?)
+}
+
+/// Returns the name of the boolean column that contains list `index`'s filter.
+fn flag_column(index: usize) -> String {
+    format!("_list_{index}")
+}
+
+/// Evaluates every list's filter over the contact view in one pass.
+/// Returns one row per contact with `contact_id`, `email` when `with_email`,
+/// and one boolean column per list (see [`flag_column`]), in the order of
+/// the contacts table.
+fn evaluate_filters(ctx: &JobContext, lists: &[ListSpec], with_email: bool) -> Result<DataFrame> {
+    let columns: Vec<(String, DataType)> = contact_view(ctx, None)?
+        .collect_schema()?
         .iter()
         .map(|(n, t)| (n.to_string(), t.clone()))
         .collect();
-    let previous = ctx.output("membership").read()?;
-    let now = ctx.started_at.timestamp_micros();
-    let now_lit = || {
-        lit(now)
-            .cast(DataType::Datetime(TimeUnit::Microseconds, None))
-            .cast(utc_timestamp())
-    };
-
-    let mut members: Vec<LazyFrame> = Vec::new();
-    let mut counts = serde_json::Map::new();
-    let mut guard_failures = Vec::new();
-    let mut exports = Vec::new();
-    for list in &params.lists {
+    let mut needed: BTreeSet<String> = BTreeSet::new();
+    let mut selected = vec![col("contact_id")];
+    if with_email {
+        needed.insert("email".into());
+        selected.push(col("email"));
+    }
+    for (index, list) in lists.iter().enumerate() {
         let expr = check_filter(list, &columns).map_err(Error::Config)?;
+        needed.extend(
+            expr.clone()
+                .meta()
+                .root_names()
+                .iter()
+                .map(|n| n.to_string()),
+        );
         let mut filter = expr.fill_null(lit(false));
         if !list.include_suppressed {
             filter = filter.and(col("suppressed").not());
         }
-        let ids = view
-            .clone()
-            .lazy()
-            .filter(filter)
-            .select([col("contact_id")])
-            .unique(None, UniqueKeepStrategy::Any)
-            .collect()?;
-        let before = previous
+        selected.push(filter.alias(flag_column(index)));
+    }
+    Ok(contact_view(ctx, Some(&needed))?
+        .select(selected)
+        .collect()?)
+}
+
+/// Returns `flags` with one row per contact_id, sorted by contact_id. A
+/// contact with several rows in the view (a joined table with duplicate
+/// contact_ids) is on a list when any of its rows passes the filter.
+fn one_sorted_row_per_contact(flags: DataFrame, lists: usize) -> Result<DataFrame> {
+    if super::is_strictly_increasing(flags.column("contact_id")?) {
+        return Ok(flags);
+    }
+    let mut aggregates: Vec<Expr> = (0..lists)
+        .map(|index| col(flag_column(index).as_str()).max())
+        .collect();
+    if flags.schema().contains("email") {
+        aggregates.push(col("email").first());
+    }
+    Ok(flags
+        .lazy()
+        .group_by([col("contact_id")])
+        .agg(aggregates)
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .collect()?)
+}
+
+/// Returns the members of every list, sorted by list_id and contact_id, and
+/// the number of members per list index.
+fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..lists.len()).collect();
+    order.sort_by(|a, b| lists[*a].id.cmp(&lists[*b].id));
+    let contact_ids = flags.column("contact_id")?;
+    let mut sizes = vec![0; lists.len()];
+    let mut parts = Vec::with_capacity(lists.len());
+    for index in order {
+        let mask = flags.column(flag_column(index).as_str())?.bool()?;
+        let members = contact_ids.filter(mask)?;
+        sizes[index] = members.len();
+        let list_id = text_column("list_id", &lists[index].id, members.len());
+        parts.push(DataFrame::new(members.len(), vec![list_id, members])?.lazy());
+    }
+    let current = concat(
+        parts,
+        UnionArgs {
+            maintain_order: true,
+            ..Default::default()
+        },
+    )?
+    .collect()?;
+    Ok((current, sizes))
+}
+
+fn run(ctx: &JobContext) -> Result<JobResult> {
+    let params: Params = serde_json::from_value(ctx.params.clone())?;
+    let with_email = params.lists.iter().any(|l| l.export_csv.is_some());
+    let flags = evaluate_filters(ctx, &params.lists, with_email)?;
+    let contacts = flags.height();
+    let flags = one_sorted_row_per_contact(flags, params.lists.len())?;
+    let (current, sizes) = current_members(&flags, &params.lists)?;
+
+    let previous = ctx.output("membership").read()?;
+    let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
+    let previous = previous
+        .map(|frame| -> Result<DataFrame> {
+            Ok(frame
+                .lazy()
+                .filter(col("list_id").is_in(
+                    lit(Series::new("list_ids".into(), list_ids.clone())).implode(false),
+                    false,
+                ))
+                .select([col("list_id"), col("contact_id"), col("member_since")])
+                .collect()?)
+        })
+        .transpose()?;
+    let sizes_before = match &previous {
+        Some(frame) => Some(count_per_list(frame)?),
+        None => None,
+    };
+
+    let mut counts = serde_json::Map::new();
+    let mut guard_failures = Vec::new();
+    for (list, after) in params.lists.iter().zip(&sizes) {
+        let after = *after;
+        let before = sizes_before
             .as_ref()
-            .map(|p| {
-                p.clone()
-                    .lazy()
-                    .filter(col("list_id").eq(lit(list.id.clone())))
-                    .collect()
-                    .map(|f| f.height())
-            })
-            .transpose()?;
-        let after = ids.height();
+            .map(|sizes| sizes.get(&list.id).copied().unwrap_or(0));
         let limit = list.max_change_pct.unwrap_or(params.max_change_pct);
         if let Some(before) = before.filter(|b| *b > 0) {
             let change = (after as f64 - before as f64) / before as f64 * 100.0;
@@ -380,13 +502,6 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             list.id.clone(),
             json!({ "members": after, "before": before }),
         );
-        let frame = ids
-            .lazy()
-            .with_column(lit(list.id.clone()).alias("list_id"));
-        if let Some(path) = &list.export_csv {
-            exports.push((path.clone(), list.id.clone()));
-        }
-        members.push(frame);
     }
     if !guard_failures.is_empty() {
         return Err(Error::Data(format!(
@@ -395,114 +510,67 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             guard_failures.join("; ")
         )));
     }
-    let current = concat(members, UnionArgs::default())?;
-    let previous_frame = previous.clone().unwrap_or_else(|| {
-        DataFrame::empty_with_schema(&Schema::from_iter([
-            Field::new("list_id".into(), DataType::String),
-            Field::new("contact_id".into(), DataType::String),
-            Field::new("member_since".into(), utc_timestamp()),
-        ]))
-    });
-    let membership = current
-        .clone()
-        .join(
-            previous_frame.clone().lazy().select([
-                col("list_id"),
-                col("contact_id"),
-                col("member_since"),
-            ]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Left),
-        )
-        .with_column(col("member_since").fill_null(now_lit()))
-        .select([col("list_id"), col("contact_id"), col("member_since")])
-        .sort(["list_id", "contact_id"], SortMultipleOptions::default())
-        .collect()?;
-    let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
-    let adds = current
-        .clone()
-        .join(
-            previous_frame
-                .clone()
-                .lazy()
-                .select([col("list_id"), col("contact_id")]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Anti),
-        )
-        .with_column(lit("add").alias("change"));
-    let removes = previous_frame
-        .clone()
-        .lazy()
-        .filter(col("list_id").is_in(
-            lit(Series::new("l".into(), list_ids.clone())).implode(false),
-            false,
-        ))
-        .select([col("contact_id"), col("list_id")])
-        .join(
-            current.select([col("list_id"), col("contact_id")]),
-            [col("list_id"), col("contact_id")],
-            [col("list_id"), col("contact_id")],
-            JoinArgs::new(JoinType::Anti),
-        )
-        .with_column(lit("remove").alias("change"));
-    let changes = concat(
-        [
-            adds.select([col("list_id"), col("contact_id"), col("change")]),
-            removes.select([col("list_id"), col("contact_id"), col("change")]),
-        ],
-        UnionArgs::default(),
-    )?
-    .with_columns([
-        now_lit().alias("changed_at"),
-        lit(ctx.run_id.clone()).alias("run_id"),
-    ])
-    .sort(["list_id", "contact_id"], SortMultipleOptions::default())
-    .collect()?;
 
-    let mut per_list: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (id, change) in changes
-        .column("list_id")?
-        .str()?
-        .iter()
-        .zip(changes.column("change")?.str()?.iter())
-    {
-        if let (Some(id), Some(change)) = (id, change) {
-            let entry = per_list.entry(id.to_string()).or_default();
-            if change == "add" {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-        }
-    }
+    let now = ctx.started_at.timestamp_micros();
+    let first_refresh = previous.as_ref().is_none_or(|p| p.height() == 0);
+    let (membership, changes) = compare_with_previous(current, previous, now)?;
+    let height = changes.height();
+    let changes = changes.hstack(&[
+        timestamp_column("changed_at", now, height)?,
+        text_column("run_id", &ctx.run_id, height),
+    ])?;
+    let (added, removed) = if first_refresh {
+        let added = params
+            .lists
+            .iter()
+            .zip(&sizes)
+            .map(|(list, size)| (list.id.clone(), *size))
+            .collect();
+        (added, BTreeMap::new())
+    } else {
+        let of_kind = |kind: &str| -> Result<BTreeMap<String, usize>> {
+            count_per_list(
+                &changes
+                    .clone()
+                    .lazy()
+                    .filter(col("change").eq(lit(kind)))
+                    .collect()?,
+            )
+        };
+        (of_kind("add")?, of_kind("remove")?)
+    };
     for (id, value) in counts.iter_mut() {
-        let (added, removed) = per_list.get(id).copied().unwrap_or_default();
-        value["added"] = json!(added);
-        value["removed"] = json!(removed);
+        value["added"] = json!(added.get(id).copied().unwrap_or(0));
+        value["removed"] = json!(removed.get(id).copied().unwrap_or(0));
     }
     let mut result = JobResult::default();
     result.metrics.insert("lists".into(), Value::Object(counts));
     result
         .metrics
-        .insert("contacts".into(), Value::from(view.height()));
-    for (path, id) in exports {
+        .insert("contacts".into(), Value::from(contacts));
+    for list in &params.lists {
+        let Some(path) = &list.export_csv else {
+            continue;
+        };
         let frame = membership
             .clone()
             .lazy()
-            .filter(col("list_id").eq(lit(id)))
+            .filter(col("list_id").eq(lit(list.id.clone())))
             .join(
-                view.clone()
+                flags
+                    .clone()
                     .lazy()
                     .select([col("contact_id"), col("email")]),
                 [col("contact_id")],
                 [col("contact_id")],
-                JoinArgs::new(JoinType::Left),
+                super::left_join_in_order(),
             )
             .select([col("contact_id"), col("email"), col("member_since")])
             .collect()?;
-        result.exports.push(Export { path, frame });
+        result.exports.push(Export {
+            path: path.clone(),
+            frame,
+        });
     }
     result.outputs.push(OutputFrame {
         role: "membership".into(),
@@ -517,4 +585,356 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         key: None,
     });
     Ok(result)
+}
+
+/// Returns a column of `len` copies of the UTC timestamp `micros`.
+fn timestamp_column(name: &str, micros: i64, len: usize) -> Result<Column> {
+    let value = Scalar::new(DataType::Int64, AnyValue::Int64(micros));
+    Ok(Column::new_scalar(name.into(), value, len)
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))?
+        .cast(&utc_timestamp())?)
+}
+
+/// Returns a column of `len` copies of `text`.
+fn text_column(name: &str, text: &str, len: usize) -> Column {
+    let value = Scalar::new(DataType::String, AnyValue::StringOwned(text.into()));
+    Column::new_scalar(name.into(), value, len)
+}
+
+fn timestamp_literal(micros: i64) -> Expr {
+    lit(micros)
+        .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+        .cast(utc_timestamp())
+}
+
+/// Counts the rows of a membership frame per list_id.
+fn count_per_list(membership: &DataFrame) -> Result<BTreeMap<String, usize>> {
+    let counts = membership
+        .clone()
+        .lazy()
+        .group_by([col("list_id")])
+        .agg([len().cast(DataType::Int64).alias("n")])
+        .collect()?;
+    let mut sizes = BTreeMap::new();
+    for (id, n) in counts
+        .column("list_id")?
+        .str()?
+        .iter()
+        .zip(counts.column("n")?.i64()?.iter())
+    {
+        if let (Some(id), Some(n)) = (id, n) {
+            sizes.insert(id.to_string(), n as usize);
+        }
+    }
+    Ok(sizes)
+}
+
+/// Returns the new membership (list_id, contact_id, member_since), with the
+/// member_since of members who stay, and the changes (list_id, contact_id,
+/// change), both sorted by list_id and contact_id. `current` must be sorted
+/// the same way, and `previous` contains only the earlier members of the
+/// refreshed lists.
+fn compare_with_previous(
+    current: DataFrame,
+    previous: Option<DataFrame>,
+    now: i64,
+) -> Result<(DataFrame, DataFrame)> {
+    let Some(previous) = previous.filter(|p| p.height() > 0) else {
+        // A first refresh: everyone is new.
+        let height = current.height();
+        let membership = current.hstack(&[timestamp_column("member_since", now, height)?])?;
+        let changes = current.hstack(&[text_column("change", "add", height)])?;
+        return Ok((membership, changes));
+    };
+    if let Some(merged) = merge_memberships(&current, &previous, now)? {
+        return Ok(merged);
+    }
+    let keys = || [col("list_id"), col("contact_id")];
+    // One left join gives both the kept member_since and the adds.
+    let joined = current
+        .clone()
+        .lazy()
+        .join(
+            previous
+                .clone()
+                .lazy()
+                .with_column(lit(true).alias("_was_member")),
+            keys(),
+            keys(),
+            super::left_join_in_order(),
+        )
+        .collect()?;
+    let membership = joined
+        .clone()
+        .lazy()
+        .select([
+            col("list_id"),
+            col("contact_id"),
+            col("member_since").fill_null(timestamp_literal(now)),
+        ])
+        .collect()?;
+    let adds = joined.lazy().filter(col("_was_member").is_null()).select([
+        col("list_id"),
+        col("contact_id"),
+        lit("add").alias("change"),
+    ]);
+    let removes = previous
+        .lazy()
+        .select([col("list_id"), col("contact_id")])
+        .join(
+            current.lazy(),
+            keys(),
+            keys(),
+            JoinArgs::new(JoinType::Anti),
+        )
+        .select([
+            col("list_id"),
+            col("contact_id"),
+            lit("remove").alias("change"),
+        ]);
+    let changes = concat([adds, removes], UnionArgs::default())?
+        .sort(["list_id", "contact_id"], SortMultipleOptions::default())
+        .collect()?;
+    Ok((membership, changes))
+}
+
+/// Compares `current` with `previous` in one pass over both, when both are
+/// sorted by (list_id, contact_id) without duplicates, as the membership
+/// table is written. Returns what [`compare_with_previous`] returns, or
+/// `None` when `previous` is not sorted that way or has null keys.
+fn merge_memberships(
+    current: &DataFrame,
+    previous: &DataFrame,
+    now: i64,
+) -> Result<Option<(DataFrame, DataFrame)>> {
+    if previous.column("member_since")?.dtype() != &utc_timestamp() {
+        return Ok(None);
+    }
+    let since = previous.column("member_since")?.to_physical_repr();
+    let since = since.i64()?;
+    let previous_lists = previous.column("list_id")?.str()?;
+    let previous_contacts = previous.column("contact_id")?.str()?;
+    let current_lists = current.column("list_id")?.str()?;
+    let current_contacts = current.column("contact_id")?.str()?;
+
+    let mut current_rows = current_lists.iter().zip(current_contacts.iter());
+    let mut previous_rows = previous_lists
+        .iter()
+        .zip(previous_contacts.iter())
+        .zip(since.iter());
+    let mut member_since: Vec<i64> = Vec::with_capacity(current.height());
+    let mut change_lists: Vec<&str> = Vec::new();
+    let mut change_contacts: Vec<&str> = Vec::new();
+    let mut change_kinds: Vec<&str> = Vec::new();
+    let mut last_previous: Option<(&str, &str)> = None;
+    let mut next_current = current_rows.next();
+    let mut next_previous = previous_rows.next();
+    loop {
+        let current_key = match next_current {
+            None => None,
+            Some((Some(list), Some(contact))) => Some((list, contact)),
+            Some(_) => return Ok(None),
+        };
+        let (previous_key, previous_since) = match next_previous {
+            None => (None, None),
+            Some(((Some(list), Some(contact)), since)) => (Some((list, contact)), since),
+            Some(_) => return Ok(None),
+        };
+        if let Some(key) = previous_key {
+            if last_previous.is_some_and(|last| last >= key) {
+                return Ok(None);
+            }
+        }
+        let order = match (current_key, previous_key) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(current_key), Some(previous_key)) => current_key.cmp(&previous_key),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (list, contact) = current_key.expect("a current row sorts first");
+                member_since.push(now);
+                change_lists.push(list);
+                change_contacts.push(contact);
+                change_kinds.push("add");
+                next_current = current_rows.next();
+            }
+            std::cmp::Ordering::Greater => {
+                let (list, contact) = previous_key.expect("a previous row sorts first");
+                change_lists.push(list);
+                change_contacts.push(contact);
+                change_kinds.push("remove");
+                last_previous = previous_key;
+                next_previous = previous_rows.next();
+            }
+            std::cmp::Ordering::Equal => {
+                member_since.push(previous_since.unwrap_or(now));
+                last_previous = previous_key;
+                next_current = current_rows.next();
+                next_previous = previous_rows.next();
+            }
+        }
+    }
+    let member_since = Column::new("member_since".into(), member_since)
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))?
+        .cast(&utc_timestamp())?;
+    let membership = current.clone().hstack(&[member_since])?;
+    let changes = DataFrame::new(
+        change_kinds.len(),
+        vec![
+            Column::new("list_id".into(), change_lists),
+            Column::new("contact_id".into(), change_contacts),
+            Column::new("change".into(), change_kinds),
+        ],
+    )?;
+    Ok(Some((membership, changes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(frame: &DataFrame, column: &str) -> Vec<Option<String>> {
+        frame
+            .column(column)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    }
+
+    fn contacts(ids: &[&str]) -> DataFrame {
+        let countries: Vec<String> = ids.iter().map(|id| format!("country of {id}")).collect();
+        df!("contact_id" => ids, "country" => countries).unwrap()
+    }
+
+    fn scores(ids: &[&str]) -> DataFrame {
+        let grades: Vec<String> = ids.iter().map(|id| format!("grade of {id}")).collect();
+        df!("contact_id" => ids, "grade" => grades).unwrap()
+    }
+
+    #[test]
+    fn contact_id_join_aligned_and_shuffled() {
+        let aligned = join_on_contact_id(contacts(&["a", "b", "c"]), scores(&["a", "b", "c"]));
+        let aligned = aligned.unwrap();
+        assert_eq!(
+            ids(&aligned, "contact_id"),
+            ids(&contacts(&["a", "b", "c"]), "contact_id")
+        );
+        assert_eq!(
+            ids(&aligned, "grade"),
+            vec![
+                Some("grade of a".into()),
+                Some("grade of b".into()),
+                Some("grade of c".into())
+            ]
+        );
+
+        let shuffled = join_on_contact_id(contacts(&["a", "b", "c"]), scores(&["c", "a"])).unwrap();
+        assert_eq!(
+            ids(&shuffled, "contact_id"),
+            vec![Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        assert_eq!(
+            ids(&shuffled, "grade"),
+            vec![Some("grade of a".into()), None, Some("grade of c".into())]
+        );
+    }
+
+    #[test]
+    fn duplicate_contacts_merge_their_flags() {
+        let flags = df!(
+            "contact_id" => ["b", "a", "b"],
+            "_list_0" => [false, true, true],
+            "_list_1" => [false, false, false]
+        )
+        .unwrap();
+        let merged = one_sorted_row_per_contact(flags, 2).unwrap();
+        assert_eq!(
+            ids(&merged, "contact_id"),
+            vec![Some("a".into()), Some("b".into())]
+        );
+        let first: Vec<Option<bool>> = merged
+            .column("_list_0")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(first, vec![Some(true), Some(true)]);
+        let second: Vec<Option<bool>> = merged
+            .column("_list_1")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(second, vec![Some(false), Some(false)]);
+    }
+
+    fn membership(rows: &[(&str, &str, i64)]) -> DataFrame {
+        let since = Column::new(
+            "member_since".into(),
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )
+        .cast(&DataType::Datetime(TimeUnit::Microseconds, None))
+        .unwrap()
+        .cast(&utc_timestamp())
+        .unwrap();
+        DataFrame::new(
+            rows.len(),
+            vec![
+                Column::new(
+                    "list_id".into(),
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    "contact_id".into(),
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                ),
+                since,
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sorted_and_unsorted_previous_agree() {
+        let current = df!(
+            "list_id" => ["l1", "l1", "l2"],
+            "contact_id" => ["a", "c", "b"]
+        )
+        .unwrap();
+        let sorted = membership(&[("l1", "a", 5), ("l1", "b", 6), ("l2", "b", 7)]);
+        let unsorted = membership(&[("l2", "b", 7), ("l1", "b", 6), ("l1", "a", 5)]);
+        assert!(merge_memberships(&current, &sorted, 100).unwrap().is_some());
+        assert!(merge_memberships(&current, &unsorted, 100)
+            .unwrap()
+            .is_none());
+
+        for previous in [sorted, unsorted] {
+            let (kept, changes) =
+                compare_with_previous(current.clone(), Some(previous), 100).unwrap();
+            let since: Vec<Option<i64>> = kept
+                .column("member_since")
+                .unwrap()
+                .to_physical_repr()
+                .i64()
+                .unwrap()
+                .iter()
+                .collect();
+            assert_eq!(since, vec![Some(5), Some(100), Some(7)]);
+            assert_eq!(
+                ids(&changes, "contact_id"),
+                vec![Some("b".into()), Some("c".into())]
+            );
+            assert_eq!(
+                ids(&changes, "change"),
+                vec![Some("remove".into()), Some("add".into())]
+            );
+        }
+    }
 }

@@ -238,6 +238,33 @@ pub fn collect_streaming(plan: LazyFrame) -> Result<DataFrame> {
     Ok(plan.collect_with_engine(Engine::Streaming)?.unwrap_single())
 }
 
+/// Returns the arguments of a left join that keeps the order of the left
+/// rows.
+pub fn left_join_in_order() -> JoinArgs {
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    args
+}
+
+/// Returns true when `column` is a text column without nulls whose every
+/// value sorts after the one before it: sorted and without duplicates.
+pub fn is_strictly_increasing(column: &Column) -> bool {
+    let Ok(values) = column.str() else {
+        return false;
+    };
+    if values.null_count() > 0 {
+        return false;
+    }
+    let mut previous: Option<&str> = None;
+    for value in values.iter().flatten() {
+        if previous.is_some_and(|p| p >= value) {
+            return false;
+        }
+        previous = Some(value);
+    }
+    true
+}
+
 /// Parses `params` into `T`, rejecting unknown keys when `T` does.
 pub fn parse_params<T: serde::de::DeserializeOwned + serde::Serialize>(
     params: &toml::Table,

@@ -20,7 +20,7 @@
 //! group and rule (the breakdown), previous_score, score_change, as_of,
 //! run_id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -277,6 +277,138 @@ fn email_key() -> Expr {
         .otherwise(col("event_type"))
 }
 
+/// Returns the points of `key` in `points`, or null for a key without points.
+fn points_of(key: Expr, points: &BTreeMap<String, f64>) -> Expr {
+    let mut result = lit(NULL).cast(DataType::Float64);
+    for (name, value) in points.iter().rev() {
+        result = when(key.clone().eq(lit(name.clone())))
+            .then(lit(*value))
+            .otherwise(result);
+    }
+    result
+}
+
+/// Returns a plan of each group's engagement per contact with events:
+/// `contact_id` and one `engagement_<group>` column per group whose source
+/// table exists, with those column names. Each source table is scanned
+/// once for all of its groups, and one group-by adds up every group.
+fn engagement_per_contact(
+    ctx: &JobContext,
+    params: &Params,
+    as_of: i64,
+) -> Result<Option<(LazyFrame, Vec<String>)>> {
+    let present: Vec<(&String, &Group)> = params
+        .groups
+        .iter()
+        .filter(|(_, group)| match group.source {
+            Source::EmailEvents => ctx.optional_input("events").is_some(),
+            Source::Activities => ctx.optional_input("activities").is_some(),
+        })
+        .collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let positive = |name: &str| format!("_positive_{name}");
+    let negative = |name: &str| format!("_negative_{name}");
+
+    let mut per_source = Vec::new();
+    for source in [Source::EmailEvents, Source::Activities] {
+        let groups: Vec<&(&String, &Group)> =
+            present.iter().filter(|(_, g)| g.source == source).collect();
+        if groups.is_empty() {
+            continue;
+        }
+        let (input, type_column, key) = match source {
+            Source::EmailEvents => (ctx.optional_input("events"), "event_type", email_key()),
+            Source::Activities => (
+                ctx.optional_input("activities"),
+                "activity_type",
+                col("activity_type"),
+            ),
+        };
+        let Some(input) = input else {
+            continue;
+        };
+        // Only events whose type can earn points are read further: the
+        // filter goes into the Parquet scan, before the key is computed.
+        let mut types: BTreeSet<String> = groups
+            .iter()
+            .flat_map(|(_, g)| g.points.keys().cloned())
+            .collect();
+        let mut columns = vec![col("contact_id"), col("occurred_at"), col(type_column)];
+        if source == Source::EmailEvents {
+            types.insert("bounce".into());
+            columns.push(col("bounce_type"));
+        }
+        let types = Series::new("types".into(), types.into_iter().collect::<Vec<_>>());
+        let events = input
+            .table
+            .scan(&input.snapshot)?
+            .select(columns)
+            // Events without a contact_id form a group that no contact
+            // joins, so they need no filter of their own.
+            .filter(
+                col("occurred_at")
+                    .cast(DataType::Int64)
+                    .lt_eq(lit(as_of))
+                    .and(col(type_column).is_in(lit(types).implode(false), false)),
+            )
+            .with_columns([
+                key.alias("_key"),
+                ((lit(as_of) - col("occurred_at").cast(DataType::Int64)).cast(DataType::Float64)
+                    / lit(DAY_MICROS))
+                .alias("_age"),
+            ]);
+        // Every source frame has the positive and negative column of every
+        // group, zero for the other sources' groups, so they can be stacked.
+        let mut values = vec![col("contact_id")];
+        for (name, group) in &present {
+            let (pos, neg) = if group.source == source {
+                let value = decayed(
+                    points_of(col("_key"), &group.points),
+                    col("_age"),
+                    &group.decay,
+                );
+                (
+                    when(value.clone().gt(lit(0.0)))
+                        .then(value.clone())
+                        .otherwise(lit(0.0)),
+                    when(value.clone().lt(lit(0.0)))
+                        .then(value)
+                        .otherwise(lit(0.0)),
+                )
+            } else {
+                (lit(0.0), lit(0.0))
+            };
+            values.push(pos.alias(positive(name)));
+            values.push(neg.alias(negative(name)));
+        }
+        per_source.push(events.select(values));
+    }
+
+    let mut sums = Vec::new();
+    let mut totals = vec![col("contact_id")];
+    let mut columns = Vec::new();
+    for (name, group) in &present {
+        sums.push(col(positive(name)).sum());
+        sums.push(col(negative(name)).sum());
+        let capped = match group.cap {
+            Some(cap) => when(col(positive(name)).gt(lit(cap)))
+                .then(lit(cap))
+                .otherwise(col(positive(name))),
+            None => col(positive(name)),
+        };
+        let column = format!("engagement_{name}");
+        totals.push((capped + col(negative(name))).alias(column.as_str()));
+        columns.push(column);
+    }
+    let engagement = concat(per_source, UnionArgs::default())?
+        .group_by([col("contact_id")])
+        .agg(sums)
+        .select(totals);
+    Ok(Some((engagement, columns)))
+}
+
 fn run(ctx: &JobContext) -> Result<JobResult> {
     let params: Params = serde_json::from_value(ctx.params.clone())?;
     let as_of = match &params.as_of {
@@ -293,85 +425,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         .map(|n| n.to_string())
         .collect();
 
-    // Per group, per contact: decayed points, capped.
-    let mut group_frames: Vec<(String, LazyFrame)> = Vec::new();
-    for (name, group) in &params.groups {
-        let (input, key) = match group.source {
-            Source::EmailEvents => (ctx.optional_input("events"), email_key()),
-            Source::Activities => (ctx.optional_input("activities"), col("activity_type")),
-        };
-        let Some(input) = input else {
-            continue;
-        };
-        let points = DataFrame::new(
-            group.points.len(),
-            vec![
-                Column::new(
-                    "_key".into(),
-                    group.points.keys().cloned().collect::<Vec<_>>(),
-                ),
-                Column::new(
-                    "_points".into(),
-                    group.points.values().copied().collect::<Vec<_>>(),
-                ),
-            ],
-        )?;
-        let mut columns = vec![col("contact_id"), col("occurred_at")];
-        columns.push(match group.source {
-            Source::EmailEvents => col("event_type"),
-            Source::Activities => col("activity_type"),
-        });
-        if group.source == Source::EmailEvents {
-            columns.push(col("bounce_type"));
-        }
-        let events = input
-            .table
-            .scan(&input.snapshot)?
-            .select(columns)
-            .filter(
-                col("contact_id")
-                    .is_not_null()
-                    .and(col("occurred_at").cast(DataType::Int64).lt_eq(lit(as_of))),
-            )
-            .with_column(key.alias("_key"))
-            .join(
-                points.lazy(),
-                [col("_key")],
-                [col("_key")],
-                JoinArgs::new(JoinType::Inner),
-            )
-            .with_column(
-                ((lit(as_of) - col("occurred_at").cast(DataType::Int64)).cast(DataType::Float64)
-                    / lit(DAY_MICROS))
-                .alias("_age"),
-            )
-            .with_column(decayed(col("_points"), col("_age"), &group.decay).alias("_value"))
-            .group_by([col("contact_id")])
-            .agg([
-                col("_value")
-                    .filter(col("_value").gt(lit(0.0)))
-                    .sum()
-                    .alias("_positive"),
-                col("_value")
-                    .filter(col("_value").lt(lit(0.0)))
-                    .sum()
-                    .alias("_negative"),
-            ]);
-        let positive = match group.cap {
-            Some(cap) => when(col("_positive").gt(lit(cap)))
-                .then(lit(cap))
-                .otherwise(col("_positive")),
-            None => col("_positive"),
-        };
-        let column = format!("engagement_{name}");
-        group_frames.push((
-            column.clone(),
-            events.select([
-                col("contact_id"),
-                (positive + col("_negative")).alias(column.as_str()),
-            ]),
-        ));
-    }
+    let engagement = engagement_per_contact(ctx, &params, as_of)?;
 
     // Fit rules over the contact columns.
     let mut fit_columns = Vec::new();
@@ -408,16 +462,21 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .collect::<Vec<_>>(),
     );
     let mut group_columns = Vec::new();
-    for (column, group) in group_frames {
+    if let Some((engagement, columns)) = engagement {
         frame = frame
             .join(
-                group,
+                engagement,
                 [col("contact_id")],
                 [col("contact_id")],
-                JoinArgs::new(JoinType::Left),
+                super::left_join_in_order(),
             )
-            .with_column(col(column.as_str()).fill_null(lit(0.0)));
-        group_columns.push(column);
+            .with_columns(
+                columns
+                    .iter()
+                    .map(|c| col(c.as_str()).fill_null(lit(0.0)))
+                    .collect::<Vec<_>>(),
+            );
+        group_columns = columns;
     }
     let total = |columns: &[String]| -> Expr {
         columns
@@ -460,7 +519,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 .select([col("contact_id"), col("score").alias("previous_score")]),
             [col("contact_id")],
             [col("contact_id")],
-            JoinArgs::new(JoinType::Left),
+            super::left_join_in_order(),
         ),
         None => frame.with_column(lit(NULL).cast(DataType::Float64).alias("previous_score")),
     };
@@ -483,11 +542,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .alias("as_of"),
         lit(ctx.run_id.clone()).alias("run_id"),
     ]);
-    let scores = super::collect_streaming(
-        frame
-            .select(order)
-            .sort(["contact_id"], SortMultipleOptions::default()),
-    )?;
+    // The joins keep the contacts' order, so contacts already sorted by
+    // contact_id need no sort.
+    let scores = super::collect_streaming(frame.select(order))?;
+    let scores = if super::is_strictly_increasing(scores.column("contact_id")?) {
+        scores
+    } else {
+        scores.sort(["contact_id"], SortMultipleOptions::default())?
+    };
 
     let mut result = JobResult::default();
     let metrics = &mut result.metrics;
