@@ -45,7 +45,13 @@ impl Normalization {
     /// The matching key of an email expression: trimmed, lower-cased, with
     /// the opt-in rules applied; empty strings become null.
     pub fn key(&self, email: Expr) -> Expr {
-        let mut key = trim_lowercase_expr(email);
+        self.key_of_normalized(trim_lowercase_expr(email))
+    }
+
+    /// Applies the opt-in rules to an address that is already trimmed and
+    /// lower-cased (see [`trim_lowercase`]), giving its matching key.
+    pub fn key_of_normalized(&self, normalized: Expr) -> Expr {
+        let mut key = normalized;
         if self.plus_tags {
             key = key.str().replace(lit(r"\+[^@]*@"), lit("@"), false);
         }

@@ -481,14 +481,15 @@ fn streak_candidates(
     Ok(candidates)
 }
 
-/// Suppressions from contacts' addresses: invalid syntax and role
-/// addresses, as candidate list rows.
-fn address_candidates(
+/// Reads every contact once, with its address's key (`email_normalized`),
+/// whether the address has valid syntax (`valid`), and whether it is a
+/// role address (`role`, false unless `role_addresses` is on). The address
+/// rules and the sendable contacts both use this frame.
+fn contact_addresses(
     contacts: LazyFrame,
     params: &Params,
     policy: &Normalization,
-    now_micros: i64,
-) -> LazyFrame {
+) -> Result<DataFrame> {
     let roles: Vec<String> = match &params.role_local_parts {
         Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
         None => email::ROLE_LOCAL_PARTS
@@ -496,27 +497,48 @@ fn address_candidates(
             .map(|p| p.to_string())
             .collect(),
     };
-    let with_key = contacts
-        .select([col("email")])
+    let role = if params.role_addresses {
+        col("valid").and(
+            email::local_part(col("normalized"))
+                .is_in(lit(Series::new("r".into(), roles)).implode(false), false),
+        )
+    } else {
+        lit(false)
+    };
+    let plan = contacts
+        .select([col("contact_id"), col("email")])
+        .with_column(normalize_email(col("email")).alias("normalized"))
         .with_columns([
-            policy.key(col("email")).alias("email_normalized"),
-            email::is_valid(normalize_email(col("email"))).alias("valid"),
-            email::local_part(normalize_email(col("email"))).alias("local"),
+            policy
+                .key_of_normalized(col("normalized"))
+                .alias("email_normalized"),
+            email::is_valid(col("normalized")).alias("valid"),
         ])
-        .filter(col("email_normalized").is_not_null());
+        .with_column(role.alias("role"))
+        .select([
+            col("contact_id"),
+            col("email"),
+            col("email_normalized"),
+            col("valid"),
+            col("role"),
+        ]);
+    super::collect_streaming(plan)
+}
+
+/// Suppressions from contacts' addresses: invalid syntax and role
+/// addresses, as candidate list rows. `contacts` is the frame of
+/// [`contact_addresses`].
+fn address_candidates(contacts: &DataFrame, params: &Params, now_micros: i64) -> LazyFrame {
     let invalid = if params.invalid_address {
         col("valid").not()
     } else {
         lit(false)
     };
-    let role = if params.role_addresses {
-        col("valid")
-            .and(col("local").is_in(lit(Series::new("r".into(), roles)).implode(false), false))
-    } else {
-        lit(false)
-    };
-    with_key
-        .filter(invalid.clone().or(role))
+    contacts
+        .clone()
+        .lazy()
+        .filter(col("email_normalized").is_not_null())
+        .filter(invalid.clone().or(col("role")))
         .with_columns([
             when(invalid.clone())
                 .then(lit("invalid_address"))
@@ -529,7 +551,7 @@ fn address_candidates(
                 .otherwise(concat_str(
                     [
                         lit("role_address: the local part `"),
-                        col("local"),
+                        email::local_part(normalize_email(col("email"))),
                         lit("` names a function, not a person"),
                     ],
                     "",
@@ -896,14 +918,17 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         streak_candidates(streak_bounces, full_events, &params, &policy, now)?,
         "last_event_at",
     ));
-    if let Some(contacts) = ctx.optional_input("contacts") {
+    let contacts = match ctx.optional_input("contacts") {
+        Some(pinned) => Some(contact_addresses(
+            pinned.table.scan(&pinned.snapshot)?,
+            &params,
+            &policy,
+        )?),
+        None => None,
+    };
+    if let Some(contacts) = &contacts {
         candidates.push(not_removed(
-            address_candidates(
-                contacts.table.scan(&contacts.snapshot)?,
-                &params,
-                &policy,
-                now,
-            ),
+            address_candidates(contacts, &params, now),
             "last_event_at",
         ));
     }
@@ -1149,13 +1174,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     }
 
     // Sendable contacts: a valid address on no active suppression.
-    if let Some(contacts) = ctx.optional_input("contacts") {
+    if let Some(contacts) = contacts {
         let sendable = contacts
-            .table
-            .scan(&contacts.snapshot)?
-            .select([col("contact_id"), col("email")])
-            .with_column(policy.key(col("email")).alias("email_normalized"))
-            .filter(email::is_valid(normalize_email(col("email"))))
+            .lazy()
+            .filter(col("valid"))
+            .select([col("contact_id"), col("email"), col("email_normalized")])
             .join(
                 active_list.clone().lazy().select([col("email_normalized")]),
                 [col("email_normalized")],
