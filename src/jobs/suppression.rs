@@ -627,6 +627,30 @@ fn as_list_rows(candidates: LazyFrame, run_id: &str) -> LazyFrame {
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
     let params: Params = serde_json::from_value(ctx.params.clone())?;
+    // The contacts are read on a second thread while the events are read,
+    // because neither read needs the other and each leaves a core idle
+    // part of the time.
+    std::thread::scope(|scope| {
+        let contacts = scope.spawn(|| -> Result<Option<DataFrame>> {
+            match ctx.optional_input("contacts") {
+                Some(pinned) => Ok(Some(contact_addresses(
+                    pinned.table.scan(&pinned.snapshot)?,
+                    &params,
+                    &params.normalization,
+                )?)),
+                None => Ok(None),
+            }
+        });
+        run_with_contacts(ctx, &params, contacts)
+    })
+}
+
+/// Runs the job once the contacts, read by `contacts`, are needed.
+fn run_with_contacts(
+    ctx: &JobContext,
+    params: &Params,
+    contacts: std::thread::ScopedJoinHandle<'_, Result<Option<DataFrame>>>,
+) -> Result<JobResult> {
     let policy = params.normalization;
     let now = ctx.started_at.timestamp_micros();
     let input = ctx.input("events");
@@ -915,20 +939,15 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut candidates: Vec<LazyFrame> = Vec::new();
     let full_events = input.table.scan(&input.snapshot)?;
     candidates.push(not_removed(
-        streak_candidates(streak_bounces, full_events, &params, &policy, now)?,
+        streak_candidates(streak_bounces, full_events, params, &policy, now)?,
         "last_event_at",
     ));
-    let contacts = match ctx.optional_input("contacts") {
-        Some(pinned) => Some(contact_addresses(
-            pinned.table.scan(&pinned.snapshot)?,
-            &params,
-            &policy,
-        )?),
-        None => None,
-    };
+    let contacts = contacts
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     if let Some(contacts) = &contacts {
         candidates.push(not_removed(
-            address_candidates(contacts, &params, now),
+            address_candidates(contacts, params, now),
             "last_event_at",
         ));
     }
