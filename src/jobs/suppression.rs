@@ -295,6 +295,21 @@ fn is_streak_bounce() -> Expr {
     )
 }
 
+/// Copies the values of a filtered string column out of the buffers it
+/// shares with the unfiltered column, when they use a small part of them.
+/// Without this, the few rows kept from each part of a large read hold
+/// the whole read's strings in memory.
+fn compact_strings(column: Expr) -> Expr {
+    column.map(
+        |column: Column| {
+            let values = column.str()?;
+            let chunks = values.downcast_iter().map(|array| array.clone().maybe_gc());
+            Ok(StringChunked::from_chunk_iter(values.name().clone(), chunks).into_column())
+        },
+        |_, field| Ok(field.clone()),
+    )
+}
+
 /// Returns the latest delivery, open or click (`last_reset`) and the
 /// earliest open or click (`first_engaged`) of each address in `keys`,
 /// from one streaming pass over `events`.
@@ -302,7 +317,7 @@ fn is_streak_bounce() -> Expr {
 /// The events are read with the streaming engine and only the rows of
 /// `keys` reach the aggregation, so memory stays in proportion to `keys`,
 /// not to the history.
-fn reset_times(events: LazyFrame, keys: DataFrame, policy: &Normalization) -> Result<DataFrame> {
+fn reset_times(events: LazyFrame, keys: Series, policy: &Normalization) -> Result<DataFrame> {
     let engagement = ["delivered", "open", "click"];
     let resets = events
         .select([col("email"), col("event_type"), col("occurred_at")])
@@ -318,12 +333,10 @@ fn reset_times(events: LazyFrame, keys: DataFrame, policy: &Normalization) -> Re
                 .otherwise(lit(NULL).cast(utc_timestamp()))
                 .alias("engaged_at"),
         ])
-        .join(
-            keys.lazy(),
-            [col("email_normalized")],
-            [col("email_normalized")],
-            JoinArgs::new(JoinType::Semi),
-        )
+        // A filter, unlike a semi join, lets the streaming engine drop the
+        // other rows as it reads them.
+        .filter(col("email_normalized").is_in(lit(keys).implode(false), false))
+        .with_column(compact_strings(col("email_normalized")))
         .group_by([col("email_normalized")])
         .agg([
             col("occurred_at").max().alias("last_reset"),
@@ -383,7 +396,8 @@ fn streak_candidates(
             Field::new("first_engaged".into(), utc_timestamp()),
         ]))
     } else {
-        reset_times(events, keys, policy)?
+        let keys = keys.column("email_normalized")?.as_materialized_series();
+        reset_times(events, keys.clone(), policy)?
     };
 
     let streak = bounces
@@ -708,6 +722,10 @@ fn run_with_contacts(
                 col("occurred_at"),
             ])
             .filter(keep)
+            .with_columns([
+                compact_strings(col("event_id")),
+                compact_strings(col("email")),
+            ])
             .with_column(policy.key(col("email")).alias("email_normalized"));
         super::collect_streaming(plan)
     };
