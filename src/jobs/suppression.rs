@@ -659,7 +659,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     })
 }
 
-/// Runs the job once the contacts, read by `contacts`, are needed.
+/// Runs the job. `contacts` is the thread that reads the contacts, joined
+/// where the address rules first need them.
 fn run_with_contacts(
     ctx: &JobContext,
     params: &Params,
