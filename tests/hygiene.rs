@@ -155,6 +155,52 @@ fn soft_bounce_streaks_reset_and_engaged_limits() {
 }
 
 #[test]
+fn window_limits_soft_bounces_not_blocks() {
+    let project = Project::new();
+    project.write(
+        "pipelines/suppression.toml",
+        "kind = \"suppression\"\n[params]\nsoft_bounce_window_days = 30\n",
+    );
+    // The window ends at the run's start, so the events are placed
+    // relative to the clock.
+    let now = chrono::Utc::now();
+    let at = |id: String, email: &str, bounce: &str, days_ago: i64, hour: i64| {
+        let time = now - chrono::Duration::days(days_ago) + chrono::Duration::hours(hour);
+        format!(
+            "{id},,{email},bounce,{bounce},,k1,{}\n",
+            time.format("%Y-%m-%dT%H:%M:%SZ")
+        )
+    };
+    let mut rows = String::new();
+    for i in 0..7 {
+        // recent@: 7 soft bounces in the window.
+        rows += &at(format!("r{i}"), "recent@x.com", "soft", 5, i);
+        // old@: 7 soft bounces before the window.
+        rows += &at(format!("o{i}"), "old@x.com", "soft", 60, i);
+    }
+    for i in 0..4 {
+        // split@: 4 soft bounces before the window and 3 in it.
+        rows += &at(format!("s{i}"), "split@x.com", "soft", 60, i);
+    }
+    for i in 0..3 {
+        rows += &at(format!("t{i}"), "split@x.com", "soft", 5, i);
+    }
+    for i in 0..10 {
+        // blocked@: 10 blocks before the window; blocks have no window.
+        rows += &at(format!("b{i}"), "blocked@x.com", "block", 60, i);
+    }
+    ingest_events(&project, "night1.csv", &rows);
+    let manifest = run(&project, &["suppression"]);
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(active(&project), vec!["blocked@x.com", "recent@x.com"]);
+    let list = read(&project, "suppression_list");
+    assert_eq!(
+        event_ids(&list, "recent@x.com"),
+        (0..7).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn late_events_count_by_time_not_arrival() {
     let project = Project::new();
     ingest_events(&project, "night1.csv", &soft("a", "late@x.com", 0, 4));

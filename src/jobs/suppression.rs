@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role};
+use crate::delta::log::Add;
 use crate::delta::WriteMode;
 use crate::email::{self, Normalization};
 use crate::error::Result;
@@ -284,61 +285,125 @@ pub fn with_list_columns(frame: DataFrame) -> LazyFrame {
     frame.lazy().select(exprs)
 }
 
-/// Suppressions from streaks of soft bounces and blocks over the whole
-/// event history, as candidate list rows.
+/// Returns true for the soft bounces and blocks, the events that count
+/// toward a streak.
+fn is_streak_bounce() -> Expr {
+    col("event_type").eq(lit("bounce")).and(
+        col("bounce_type")
+            .eq(lit("soft"))
+            .or(col("bounce_type").eq(lit("block"))),
+    )
+}
+
+/// Copies the values of a filtered string column out of the buffers it
+/// shares with the unfiltered column, when they use a small part of them.
+/// Without this, the few rows kept from each part of a large read hold
+/// the whole read's strings in memory.
+fn compact_strings(column: Expr) -> Expr {
+    column.map(
+        |column: Column| {
+            let values = column.str()?;
+            let chunks = values.downcast_iter().map(|array| array.clone().maybe_gc());
+            Ok(StringChunked::from_chunk_iter(values.name().clone(), chunks).into_column())
+        },
+        |_, field| Ok(field.clone()),
+    )
+}
+
+/// Returns the latest delivery, open or click (`last_reset`) and the
+/// earliest open or click (`first_engaged`) of each address in `keys`,
+/// from one streaming pass over `events`.
+///
+/// The events are read with the streaming engine and only the rows of
+/// `keys` reach the aggregation, so memory stays in proportion to `keys`,
+/// not to the history.
+fn reset_times(events: LazyFrame, keys: Series, policy: &Normalization) -> Result<DataFrame> {
+    let engagement = ["delivered", "open", "click"];
+    let resets = events
+        .select([col("email"), col("event_type"), col("occurred_at")])
+        .filter(col("event_type").is_in(
+            lit(Series::new("t".into(), engagement)).implode(false),
+            false,
+        ))
+        .select([
+            policy.key(col("email")).alias("email_normalized"),
+            col("occurred_at"),
+            when(col("event_type").neq(lit("delivered")))
+                .then(col("occurred_at"))
+                .otherwise(lit(NULL).cast(utc_timestamp()))
+                .alias("engaged_at"),
+        ])
+        // A filter, unlike a semi join, lets the streaming engine drop the
+        // other rows as it reads them.
+        .filter(col("email_normalized").is_in(lit(keys).implode(false), false))
+        .with_column(compact_strings(col("email_normalized")))
+        .group_by([col("email_normalized")])
+        .agg([
+            col("occurred_at").max().alias("last_reset"),
+            col("engaged_at").min().alias("first_engaged"),
+        ]);
+    super::collect_streaming(resets)
+}
+
+/// Suppressions from streaks of soft bounces and blocks, as candidate list
+/// rows.
+///
+/// `bounces` are the soft bounces and blocks of the whole history, with
+/// `email_normalized`. `events` is the whole history, read once for the
+/// deliveries, opens and clicks that end a streak, and only for the
+/// addresses whose soft bounces or blocks could reach a limit.
 fn streak_candidates(
+    bounces: DataFrame,
     events: LazyFrame,
     params: &Params,
     policy: &Normalization,
     now_micros: i64,
-) -> LazyFrame {
-    let relevant = events
-        .select([
-            col("event_id"),
-            col("email"),
-            col("event_type"),
-            col("bounce_type"),
-            col("occurred_at"),
-        ])
-        .filter(
-            col("event_type")
-                .is_in(
-                    lit(Series::new("t".into(), ["delivered", "open", "click"])).implode(false),
-                    false,
-                )
-                .or(col("event_type")
-                    .eq(lit("bounce"))
-                    .and(col("bounce_type").is_in(
-                        lit(Series::new("b".into(), ["soft", "block"])).implode(false),
-                        false,
-                    ))),
-        )
-        .with_column(policy.key(col("email")).alias("email_normalized"))
-        .filter(col("email_normalized").is_not_null());
-    let bounces = relevant.clone().filter(col("event_type").eq(lit("bounce")));
-    // Resets only matter for addresses that bounced softly or were blocked.
-    let resets = relevant
-        .filter(col("event_type").neq(lit("bounce")))
+) -> Result<LazyFrame> {
+    let soft = params.soft_bounce_limit;
+    let engaged = params.soft_bounce_limit_engaged;
+    let block = params.block_limit;
+
+    let mut bounces = bounces.lazy().filter(col("email_normalized").is_not_null());
+    if let Some(days) = params.soft_bounce_window_days {
+        let since = now_micros - i64::from(days) * 86_400_000_000;
+        bounces = bounces.filter(
+            col("bounce_type")
+                .eq(lit("block"))
+                .or(col("occurred_at").gt_eq(utc_literal(since))),
+        );
+    }
+
+    // A streak is a subset of an address's soft bounces (or blocks), so an
+    // address with fewer of them than the lowest limit that can apply
+    // never reaches a limit, and its resets need not be read.
+    let lowest_limit = when(col("bounce_type").eq(lit("block")))
+        .then(lit(i64::from(block)))
+        .otherwise(lit(i64::from(soft.min(engaged))));
+    let per_address = len()
+        .cast(DataType::Int64)
+        .over([col("email_normalized"), col("bounce_type")])?;
+    let bounces = bounces.filter(per_address.gt_eq(lowest_limit)).collect()?;
+    let keys = bounces
+        .clone()
+        .lazy()
+        .select([col("email_normalized")])
+        .unique(None, UniqueKeepStrategy::Any)
+        .collect()?;
+    let resets = if keys.height() == 0 {
+        DataFrame::empty_with_schema(&Schema::from_iter([
+            Field::new("email_normalized".into(), DataType::String),
+            Field::new("last_reset".into(), utc_timestamp()),
+            Field::new("first_engaged".into(), utc_timestamp()),
+        ]))
+    } else {
+        let keys = keys.column("email_normalized")?.as_materialized_series();
+        reset_times(events, keys.clone(), policy)?
+    };
+
+    let streak = bounces
+        .lazy()
         .join(
-            bounces
-                .clone()
-                .select([col("email_normalized")])
-                .unique(None, UniqueKeepStrategy::Any),
-            [col("email_normalized")],
-            [col("email_normalized")],
-            JoinArgs::new(JoinType::Semi),
-        )
-        .group_by([col("email_normalized")])
-        .agg([
-            col("occurred_at").max().alias("last_reset"),
-            col("occurred_at")
-                .filter(col("event_type").neq(lit("delivered")))
-                .min()
-                .alias("first_engaged"),
-        ]);
-    let mut streak = bounces
-        .join(
-            resets,
+            resets.lazy(),
             [col("email_normalized")],
             [col("email_normalized")],
             JoinArgs::new(JoinType::Left),
@@ -348,14 +413,6 @@ fn streak_candidates(
                 .is_null()
                 .or(col("occurred_at").gt(col("last_reset"))),
         );
-    if let Some(days) = params.soft_bounce_window_days {
-        let since = now_micros - i64::from(days) * 86_400_000_000;
-        streak = streak.filter(
-            col("bounce_type")
-                .eq(lit("block"))
-                .or(col("occurred_at").gt_eq(utc_literal(since))),
-        );
-    }
     let order = || [col("occurred_at"), col("event_id")];
     let nth = |n: u32| {
         col("occurred_at")
@@ -363,10 +420,7 @@ fn streak_candidates(
             .slice(lit(i64::from(n) - 1), lit(1i64))
             .first()
     };
-    let soft = params.soft_bounce_limit;
-    let engaged = params.soft_bounce_limit_engaged;
-    let block = params.block_limit;
-    streak
+    let candidates = streak
         .group_by([col("email_normalized"), col("bounce_type")])
         .agg([
             len().cast(DataType::Int64).alias("event_count"),
@@ -437,17 +491,19 @@ fn streak_candidates(
                 .otherwise(col("nth_soft"))
                 .alias("first_suppressed_at"),
             lit("email_events").alias("source"),
-        ])
+        ]);
+    Ok(candidates)
 }
 
-/// Suppressions from contacts' addresses: invalid syntax and role
-/// addresses, as candidate list rows.
-fn address_candidates(
+/// Reads every contact once, with its address's key (`email_normalized`),
+/// whether the address has valid syntax (`valid`), and whether it is a
+/// role address (`role`, false unless `role_addresses` is on). The address
+/// rules and the sendable contacts both use this frame.
+fn contact_addresses(
     contacts: LazyFrame,
     params: &Params,
     policy: &Normalization,
-    now_micros: i64,
-) -> LazyFrame {
+) -> Result<DataFrame> {
     let roles: Vec<String> = match &params.role_local_parts {
         Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
         None => email::ROLE_LOCAL_PARTS
@@ -455,27 +511,48 @@ fn address_candidates(
             .map(|p| p.to_string())
             .collect(),
     };
-    let with_key = contacts
-        .select([col("email")])
+    let role = if params.role_addresses {
+        col("valid").and(
+            email::local_part(col("normalized"))
+                .is_in(lit(Series::new("r".into(), roles)).implode(false), false),
+        )
+    } else {
+        lit(false)
+    };
+    let plan = contacts
+        .select([col("contact_id"), col("email")])
+        .with_column(normalize_email(col("email")).alias("normalized"))
         .with_columns([
-            policy.key(col("email")).alias("email_normalized"),
-            email::is_valid(normalize_email(col("email"))).alias("valid"),
-            email::local_part(normalize_email(col("email"))).alias("local"),
+            policy
+                .key_of_normalized(col("normalized"))
+                .alias("email_normalized"),
+            email::is_valid(col("normalized")).alias("valid"),
         ])
-        .filter(col("email_normalized").is_not_null());
+        .with_column(role.alias("role"))
+        .select([
+            col("contact_id"),
+            col("email"),
+            col("email_normalized"),
+            col("valid"),
+            col("role"),
+        ]);
+    super::collect_streaming(plan)
+}
+
+/// Suppressions from contacts' addresses: invalid syntax and role
+/// addresses, as candidate list rows. `contacts` is the frame of
+/// [`contact_addresses`].
+fn address_candidates(contacts: &DataFrame, params: &Params, now_micros: i64) -> LazyFrame {
     let invalid = if params.invalid_address {
         col("valid").not()
     } else {
         lit(false)
     };
-    let role = if params.role_addresses {
-        col("valid")
-            .and(col("local").is_in(lit(Series::new("r".into(), roles)).implode(false), false))
-    } else {
-        lit(false)
-    };
-    with_key
-        .filter(invalid.clone().or(role))
+    contacts
+        .clone()
+        .lazy()
+        .filter(col("email_normalized").is_not_null())
+        .filter(invalid.clone().or(col("role")))
         .with_columns([
             when(invalid.clone())
                 .then(lit("invalid_address"))
@@ -488,7 +565,7 @@ fn address_candidates(
                 .otherwise(concat_str(
                     [
                         lit("role_address: the local part `"),
-                        col("local"),
+                        email::local_part(normalize_email(col("email"))),
                         lit("` names a function, not a person"),
                     ],
                     "",
@@ -564,6 +641,31 @@ fn as_list_rows(candidates: LazyFrame, run_id: &str) -> LazyFrame {
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
     let params: Params = serde_json::from_value(ctx.params.clone())?;
+    // The contacts are read on a second thread while the events are read,
+    // because neither read needs the other and each leaves a core idle
+    // part of the time.
+    std::thread::scope(|scope| {
+        let contacts = scope.spawn(|| -> Result<Option<DataFrame>> {
+            match ctx.optional_input("contacts") {
+                Some(pinned) => Ok(Some(contact_addresses(
+                    pinned.table.scan(&pinned.snapshot)?,
+                    &params,
+                    &params.normalization,
+                )?)),
+                None => Ok(None),
+            }
+        });
+        run_with_contacts(ctx, &params, contacts)
+    })
+}
+
+/// Runs the job. `contacts` is the thread that reads the contacts, joined
+/// where the address rules first need them.
+fn run_with_contacts(
+    ctx: &JobContext,
+    params: &Params,
+    contacts: std::thread::ScopedJoinHandle<'_, Result<Option<DataFrame>>>,
+) -> Result<JobResult> {
     let policy = params.normalization;
     let now = ctx.started_at.timestamp_micros();
     let input = ctx.input("events");
@@ -605,25 +707,49 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     metrics.insert("files_read".into(), Value::from(files.len()));
 
     // Ingest stores event_type and bounce_type trimmed and lower-cased, so
-    // a plain comparison on the raw columns keeps the rare triggering events
-    // before any string work is done on the millions of others.
+    // a plain comparison on the raw columns keeps the rare events (those
+    // that suppress at once, soft bounces and blocks) before any string
+    // work is done on the millions of others.
     let events_read: u64 = files.iter().filter_map(|f| f.num_records()).sum();
-    let triggering = input
-        .table
-        .scan_files(&input.snapshot.schema, &files)?
-        .select([
-            col("event_id"),
-            col("email"),
-            col("event_type"),
-            col("bounce_type"),
-            col("occurred_at"),
-        ])
-        .filter(is_triggering())
-        .with_columns([
-            policy.key(col("email")).alias("email_normalized"),
-            reason().alias("reason"),
-        ]);
-    let triggering = super::collect_streaming(triggering)?;
+    let rare_events = |files: &[Add], keep: Expr| -> Result<DataFrame> {
+        let plan = input
+            .table
+            .scan_files(&input.snapshot.schema, files)?
+            .select([
+                col("event_id"),
+                col("email"),
+                col("event_type"),
+                col("bounce_type"),
+                col("occurred_at"),
+            ])
+            .filter(keep)
+            .with_columns([
+                compact_strings(col("event_id")),
+                compact_strings(col("email")),
+            ])
+            .with_column(policy.key(col("email")).alias("email_normalized"));
+        super::collect_streaming(plan)
+    };
+    // Streaks are counted over the whole history, so a full read gets the
+    // triggering events and the streak bounces in one pass, and an
+    // incremental read gets the triggering events of the new files only.
+    let all_files = &input.snapshot.files;
+    let (triggering, streak_bounces) = if incremental_from.is_some() {
+        (
+            rare_events(&files, is_triggering())?,
+            rare_events(all_files, is_streak_bounce())?,
+        )
+    } else {
+        let rare = rare_events(all_files, is_triggering().or(is_streak_bounce()))?;
+        (
+            rare.clone().lazy().filter(is_triggering()).collect()?,
+            rare.lazy().filter(is_streak_bounce()).collect()?,
+        )
+    };
+    let triggering = triggering
+        .lazy()
+        .with_column(reason().alias("reason"))
+        .collect()?;
     let without_email = triggering.column("email_normalized")?.null_count();
     metrics.insert("events_read".into(), Value::from(events_read));
     metrics.insert("triggering_events".into(), Value::from(triggering.height()));
@@ -832,17 +958,15 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut candidates: Vec<LazyFrame> = Vec::new();
     let full_events = input.table.scan(&input.snapshot)?;
     candidates.push(not_removed(
-        streak_candidates(full_events, &params, &policy, now),
+        streak_candidates(streak_bounces, full_events, params, &policy, now)?,
         "last_event_at",
     ));
-    if let Some(contacts) = ctx.optional_input("contacts") {
+    let contacts = contacts
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    if let Some(contacts) = &contacts {
         candidates.push(not_removed(
-            address_candidates(
-                contacts.table.scan(&contacts.snapshot)?,
-                &params,
-                &policy,
-                now,
-            ),
+            address_candidates(contacts, params, now),
             "last_event_at",
         ));
     }
@@ -1088,13 +1212,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     }
 
     // Sendable contacts: a valid address on no active suppression.
-    if let Some(contacts) = ctx.optional_input("contacts") {
+    if let Some(contacts) = contacts {
         let sendable = contacts
-            .table
-            .scan(&contacts.snapshot)?
-            .select([col("contact_id"), col("email")])
-            .with_column(policy.key(col("email")).alias("email_normalized"))
-            .filter(email::is_valid(normalize_email(col("email"))))
+            .lazy()
+            .filter(col("valid"))
+            .select([col("contact_id"), col("email"), col("email_normalized")])
             .join(
                 active_list.clone().lazy().select([col("email_normalized")]),
                 [col("email_normalized")],
