@@ -164,6 +164,7 @@ fn window_limits_soft_bounces_not_blocks() {
     // The window ends at the run's start, so the events are placed
     // relative to the clock.
     let now = chrono::Utc::now();
+
     let at = |id: String, email: &str, bounce: &str, days_ago: i64, hour: i64| {
         let time = now - chrono::Duration::days(days_ago) + chrono::Duration::hours(hour);
         format!(
@@ -171,6 +172,7 @@ fn window_limits_soft_bounces_not_blocks() {
             time.format("%Y-%m-%dT%H:%M:%SZ")
         )
     };
+
     let mut rows = String::new();
     for i in 0..7 {
         // recent@: 7 soft bounces in the window.
@@ -189,6 +191,7 @@ fn window_limits_soft_bounces_not_blocks() {
         // blocked@: 10 blocks before the window; blocks have no window.
         rows += &at(format!("b{i}"), "blocked@x.com", "block", 60, i);
     }
+
     ingest_events(&project, "night1.csv", &rows);
     let manifest = run(&project, &["suppression"]);
     assert_eq!(manifest["status"], "succeeded");

@@ -320,7 +320,7 @@ impl BgNbd {
 
     /// Computes E[Y(`horizon`) | alive at T], the expected number of purchases
     /// in the next `horizon` time units of a customer known to be alive. It
-    /// depends on x and T only, so customers with the same two share it;
+    /// depends on x and T only, so customers with the same two share it.
     /// [`BgNbd::conditional_expected_purchases`] is this times
     /// [`BgNbd::probability_alive`].
     pub fn alive_expected_purchases(&self, horizon: f64, x: f64, t: f64) -> f64 {

@@ -280,7 +280,7 @@ fn contact_view(ctx: &JobContext, needed: Option<&BTreeSet<String>>) -> Result<L
         let Some(input) = ctx.optional_input(role) else {
             continue;
         };
-        let wanted: Vec<String> = input
+        let requested: Vec<String> = input
             .snapshot
             .schema
             .iter_names()
@@ -295,8 +295,8 @@ fn contact_view(ctx: &JobContext, needed: Option<&BTreeSet<String>>) -> Result<L
                         && !n.ends_with("_updated_at"))
             })
             .collect();
-        present.extend(wanted.iter().cloned());
-        let selected: Vec<Expr> = wanted
+        present.extend(requested.iter().cloned());
+        let selected: Vec<Expr> = requested
             .iter()
             .filter(|n| keep(n))
             .map(|n| col(n.as_str()))
