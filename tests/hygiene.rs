@@ -298,6 +298,34 @@ fn mass_bounce_guard_holds_a_dominant_domain() {
 }
 
 #[test]
+fn sendable_contacts_are_sorted_whatever_the_order_of_contacts() {
+    let project = Project::new();
+    ingest_events(
+        &project,
+        "night1.csv",
+        &ev("h1", "gone@x.com", "bounce", "hard", 0),
+    );
+    let contacts = project.write(
+        "contacts.csv",
+        "contact_id,email\nc9,nine@x.com\nc2,GONE@x.com\nc5,five@x.com\nc1,one@x.com\n",
+    );
+    let out = project.run(&["ingest", "contacts", &contacts]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = run(&project, &["suppression"]);
+    assert_eq!(manifest["metrics"]["sendable_contacts"], 3);
+    let sendable = read(&project, "sendable_contacts");
+    let ids: Vec<&str> = sendable
+        .column("contact_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(ids, vec!["c1", "c5", "c9"]);
+}
+
+#[test]
 fn address_rules_manual_entries_and_sendable_contacts() {
     let project = Project::new();
     ingest_events(

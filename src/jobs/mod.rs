@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use polars::prelude::*;
+use polars_arrow::array::builder::{make_builder, ShareStrategy};
 use serde_json::{Map, Value};
 
 use crate::delta::{Snapshot, Table, WriteMode};
@@ -236,6 +237,42 @@ pub fn check_relative_path(name: &str, path: &str) -> std::result::Result<(), St
 pub fn collect_streaming(plan: LazyFrame) -> Result<DataFrame> {
     // A plan without multiple sinks always yields a single frame.
     Ok(plan.collect_with_engine(Engine::Streaming)?.unwrap_single())
+}
+
+/// Copies the values of `column` into buffers of their own size, part by
+/// part. A filter in a streaming read can leave each part of a column in
+/// a buffer sized for the rows it was read with, and text values in the
+/// buffers of all those rows. Where a plan keeps a small share of a large
+/// input, the kept parts would then hold memory in proportion to the
+/// input: in the suppression job, 1.8 million events kept from 102
+/// million held 2.2 GB, against 180 MB after this copy.
+pub fn compact(column: Expr) -> Expr {
+    column.map(
+        |column: Column| {
+            let series = column.as_materialized_series();
+            let chunks = series
+                .chunks()
+                .iter()
+                .map(|array| {
+                    let mut builder = make_builder(array.dtype());
+                    builder.reserve(array.len());
+                    builder.extend(array.as_ref(), ShareStrategy::Never);
+                    builder.freeze_reset()
+                })
+                .collect();
+            // SAFETY: the chunks are copies of the series' own chunks, so
+            // they have the physical type of its data type.
+            let copied = unsafe {
+                Series::from_chunks_and_dtype_unchecked(
+                    series.name().clone(),
+                    chunks,
+                    series.dtype(),
+                )
+            };
+            Ok(copied.into_column())
+        },
+        |_, field| Ok(field.clone()),
+    )
 }
 
 /// Returns the arguments of a left join that keeps the order of the left

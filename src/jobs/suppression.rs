@@ -295,21 +295,6 @@ fn is_streak_bounce() -> Expr {
     )
 }
 
-/// Copies the values of a filtered string column out of the buffers it
-/// shares with the unfiltered column, when they use a small part of them.
-/// Without this, the few rows kept from each part of a large read hold
-/// the whole read's strings in memory.
-fn compact_strings(column: Expr) -> Expr {
-    column.map(
-        |column: Column| {
-            let values = column.str()?;
-            let chunks = values.downcast_iter().map(|array| array.clone().maybe_gc());
-            Ok(StringChunked::from_chunk_iter(values.name().clone(), chunks).into_column())
-        },
-        |_, field| Ok(field.clone()),
-    )
-}
-
 /// Returns the latest delivery, open or click (`last_reset`) and the
 /// earliest open or click (`first_engaged`) of each address in `keys`,
 /// from one streaming pass over `events`.
@@ -336,7 +321,7 @@ fn reset_times(events: LazyFrame, keys: Series, policy: &Normalization) -> Resul
         // A filter, unlike a semi join, lets the streaming engine drop the
         // other rows as it reads them.
         .filter(col("email_normalized").is_in(lit(keys).implode(false), false))
-        .with_column(compact_strings(col("email_normalized")))
+        .with_column(super::compact(col("email_normalized")))
         .group_by([col("email_normalized")])
         .agg([
             col("occurred_at").max().alias("last_reset"),
@@ -724,8 +709,11 @@ fn run_with_contacts(
             ])
             .filter(keep)
             .with_columns([
-                compact_strings(col("event_id")),
-                compact_strings(col("email")),
+                super::compact(col("event_id")),
+                super::compact(col("email")),
+                super::compact(col("event_type")),
+                super::compact(col("bounce_type")),
+                super::compact(col("occurred_at")),
             ])
             .with_column(policy.key(col("email")).alias("email_normalized"));
         super::collect_streaming(plan)
@@ -1213,18 +1201,27 @@ fn run_with_contacts(
 
     // Sendable contacts: a valid address on no active suppression.
     if let Some(contacts) = contacts {
-        let sendable = contacts
+        // The contacts are in memory already, and the active list is small
+        // beside them, so a filter with a set lookup keeps memory to the
+        // result; a join and a sort would each hold another copy of it.
+        let suppressed = active_list
+            .column("email_normalized")?
+            .as_materialized_series();
+        let in_order = super::is_strictly_increasing(contacts.column("contact_id")?);
+        let mut sendable = contacts
             .lazy()
-            .filter(col("valid"))
-            .select([col("contact_id"), col("email"), col("email_normalized")])
-            .join(
-                active_list.clone().lazy().select([col("email_normalized")]),
-                [col("email_normalized")],
-                [col("email_normalized")],
-                JoinArgs::new(JoinType::Anti),
+            .filter(
+                col("valid").and(
+                    col("email_normalized")
+                        .is_in(lit(suppressed.clone()).implode(false), false)
+                        .not(),
+                ),
             )
-            .sort(["contact_id"], SortMultipleOptions::default());
-        let sendable = super::collect_streaming(sendable)?;
+            .select([col("contact_id"), col("email"), col("email_normalized")]);
+        if !in_order {
+            sendable = sendable.sort(["contact_id"], SortMultipleOptions::default());
+        }
+        let sendable = sendable.collect()?;
         result
             .metrics
             .insert("sendable_contacts".into(), Value::from(sendable.height()));
