@@ -11,8 +11,30 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stops the kernel from backing this process with transparent huge
+/// pages. The allocator asks for them, and then each first touch of fresh
+/// memory zeroes 2 MiB and may make the kernel compact memory to find
+/// them: in a profile of the clv job at 1M customers, 43% of the CPU time
+/// went to zeroing such pages, and the suppression job at 10M contacts
+/// spent 8.2 s of system time with them against 4.6 s without, at a
+/// higher peak memory.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process, which
+    // the kernel reads on page faults; it touches no memory of ours.
+    let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if status != 0 {
+        tracing::debug!(
+            "transparent huge pages stay enabled: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn main() -> ExitCode {
     restore_default_sigpipe();
+    #[cfg(target_os = "linux")]
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let default_level = if cli.global.quiet {
         "error"
