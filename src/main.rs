@@ -13,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let default_level = if cli.global.quiet {
         "error"
@@ -64,3 +65,22 @@ fn restore_default_sigpipe() {
 
 #[cfg(not(unix))]
 fn restore_default_sigpipe() {}
+
+/// Turns transparent huge pages off for this process. mimalloc requests
+/// them with madvise(MADV_HUGEPAGE), so every page fault in memory that it
+/// returned to the system and reuses zeroes a whole 2 MiB page. Polars
+/// frees and allocates large buffers at a high rate: with huge pages on,
+/// the list_refresh job at 10M contacts spent about 40% of its CPU time
+/// zeroing pages (perf on 2 cores), and its system time fell from 10 s to
+/// 3 s without them.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers. A
+    // failure (kernels before 3.15) leaves the setting as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}
