@@ -442,8 +442,27 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         engagement_columns.push(Column::new(column.as_str().into(), values));
         group_columns.push(column);
     }
+    let unique_sorted_ids = matches!(index, engagement::ContactIndex::Sorted(_));
     drop(index);
     contacts.hstack_mut(&engagement_columns)?;
+
+    // The previous score and the change. A previous version with the same
+    // unique contact ids in the same order needs no join.
+    let mut previous = ctx.output("scores").read()?;
+    let mut previous_in_place = false;
+    if let Some(scores) = &previous {
+        let aligned = unique_sorted_ids
+            && scores
+                .column("contact_id")?
+                .as_materialized_series()
+                .equals(contacts.column("contact_id")?.as_materialized_series());
+        if aligned {
+            let score = scores.column("score")?.clone();
+            contacts.with_column(score.with_name("previous_score".into()))?;
+            previous_in_place = true;
+            previous = None;
+        }
+    }
     let mut frame = contacts.lazy();
     let total = |columns: &[String]| -> Expr {
         columns
@@ -477,9 +496,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     };
     frame = frame.with_columns([grade.alias("grade"), mql.alias("mql")]);
 
-    // The previous score and the change.
-    let previous = ctx.output("scores").read()?;
     frame = match previous {
+        _ if previous_in_place => frame,
         Some(previous) => frame.join(
             previous
                 .lazy()
