@@ -434,22 +434,20 @@ fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, 
     order.sort_by(|a, b| lists[*a].id.cmp(&lists[*b].id));
     let contact_ids = flags.column("contact_id")?;
     let mut sizes = vec![0; lists.len()];
-    let mut parts = Vec::with_capacity(lists.len());
+    // Each list's members are appended as chunks, which shares the contact
+    // ids' text with the flags rather than copying it into one array.
+    let mut list_column = Series::new_empty("list_id".into(), &DataType::String);
+    let mut contact_column = Series::new_empty("contact_id".into(), contact_ids.dtype());
     for index in order {
         let mask = flags.column(flag_column(index).as_str())?.bool()?;
         let members = contact_ids.filter(mask)?;
         sizes[index] = members.len();
         let list_id = text_column("list_id", &lists[index].id, members.len());
-        parts.push(DataFrame::new(members.len(), vec![list_id, members])?.lazy());
+        list_column.append(list_id.as_materialized_series())?;
+        contact_column.append(members.as_materialized_series())?;
     }
-    let current = concat(
-        parts,
-        UnionArgs {
-            maintain_order: true,
-            ..Default::default()
-        },
-    )?
-    .collect()?;
+    let height = contact_column.len();
+    let current = DataFrame::new(height, vec![list_column.into(), contact_column.into()])?;
     Ok((current, sizes))
 }
 
