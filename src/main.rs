@@ -11,29 +11,8 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Stops the kernel from backing this process with transparent huge
-/// pages. The allocator asks for them, and then each first touch of fresh
-/// memory zeroes 2 MiB and may make the kernel compact memory to find
-/// them: in a profile of the clv job at 1M customers, 43% of the CPU time
-/// went to zeroing such pages, and the suppression job at 10M contacts
-/// spent 8.2 s of system time with them against 4.6 s without, at a
-/// higher peak memory.
-#[cfg(target_os = "linux")]
-fn disable_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process, which
-    // the kernel reads on page faults; it touches no memory of ours.
-    let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if status != 0 {
-        tracing::debug!(
-            "transparent huge pages stay enabled: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn main() -> ExitCode {
     restore_default_sigpipe();
-    #[cfg(target_os = "linux")]
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     let default_level = if cli.global.quiet {
@@ -86,3 +65,23 @@ fn restore_default_sigpipe() {
 
 #[cfg(not(unix))]
 fn restore_default_sigpipe() {}
+
+/// Turns transparent huge pages off for this process. mimalloc requests
+/// them with madvise(MADV_HUGEPAGE), so every page fault in memory that it
+/// returned to the system and reuses zeroes a whole 2 MiB page. Polars
+/// frees and allocates large buffers at a high rate: with huge pages on,
+/// zeroing pages took about 40% of the CPU time of the list_refresh job at
+/// 10M contacts and of the clv job at 1M customers (perf on 2 cores), and
+/// the suppression job at 10M contacts peaked higher and spent 8.2 s of
+/// system time against 4.6 s without them.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers. A
+    // failure (kernels before 3.15) leaves the setting as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}

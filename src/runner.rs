@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::delta::table::{CommitOptions, Staged};
 use crate::delta::{Table, WriteMode};
 use crate::error::{Error, Result};
-use crate::jobs::{JobContext, JobResult, OutputFrame, PinnedInput, PinnedOutput};
+use crate::jobs::{JobContext, JobResult, OutputFrame, PinnedInput, PinnedOutput, RowChanges};
 use crate::lease;
 use crate::manifest::{self, GateFailure, InputRecord, Manifest, OutputRecord, Status, Trigger};
 use crate::pipeline::{Gate, Pipeline};
@@ -299,7 +299,8 @@ fn execute(
     let outputs = &context.outputs;
     for (role, output) in outputs {
         let new = result.outputs.iter().find(|o| &o.role == role);
-        records.push(describe_output(role, output, new)?);
+        let known = result.row_changes.get(role).copied();
+        records.push(describe_output(role, output, new, known)?);
     }
     manifest.outputs = records;
 
@@ -370,11 +371,12 @@ fn skip_reason(
 }
 
 /// Counts rows added, removed and changed (by key) against the previous
-/// version of an output.
+/// version of an output, unless the job counted them (`known`).
 fn describe_output(
     role: &str,
     output: &PinnedOutput,
     new: Option<&OutputFrame>,
+    known: Option<RowChanges>,
 ) -> Result<OutputRecord> {
     let version_before = output.snapshot.as_ref().map(|s| s.version);
     let mut record = OutputRecord {
@@ -388,12 +390,18 @@ fn describe_output(
     let Some(new) = new else {
         return Ok(record);
     };
-    let previous = output.read()?;
     let new_rows = new.frame.height() as u64;
     record.rows = Some(match new.mode {
         WriteMode::Overwrite => new_rows,
         WriteMode::Append => record.rows.unwrap_or(0) + new_rows,
     });
+    if let Some(known) = known {
+        record.rows_added = Some(known.added);
+        record.rows_removed = Some(known.removed);
+        record.rows_changed = Some(known.changed);
+        return Ok(record);
+    }
+    let previous = output.read()?;
     let (added, removed, changed) = match (new.mode, previous, &new.key) {
         (WriteMode::Append, _, _) => (new_rows, 0, 0),
         (WriteMode::Overwrite, None, _) => (new_rows, 0, 0),
@@ -456,6 +464,9 @@ pub fn diff_rows(old: &DataFrame, new: &DataFrame) -> Result<(u64, u64, u64)> {
 pub fn diff_by_key(old: &DataFrame, new: &DataFrame, key: &str) -> Result<(u64, u64, u64)> {
     let old = &flatten_lists(old.clone())?;
     let new = &flatten_lists(new.clone())?;
+    if let Some(changed) = changed_rows_in_place(old, new, key)? {
+        return Ok((0, 0, changed));
+    }
     let anti = |a: &DataFrame, b: &DataFrame| -> Result<u64> {
         Ok(a.clone()
             .lazy()
@@ -503,6 +514,44 @@ pub fn diff_by_key(old: &DataFrame, new: &DataFrame, key: &str) -> Result<(u64, 
         .collect()?
         .height() as u64;
     Ok((added, removed, changed))
+}
+
+/// Counts the rows that differ in a column other than `key` and `run_id`,
+/// when both frames have the same key values in the same strictly
+/// increasing order, so row i of one is row i of the other. Returns `None`
+/// otherwise. Columns of the same type are compared by value, others as
+/// text, as [`diff_by_key`] compares them.
+fn changed_rows_in_place(old: &DataFrame, new: &DataFrame, key: &str) -> Result<Option<u64>> {
+    let (Ok(old_key), Ok(new_key)) = (old.column(key), new.column(key)) else {
+        return Ok(None);
+    };
+    let same_keys = old_key.dtype() == new_key.dtype()
+        && crate::jobs::is_strictly_increasing(new_key)
+        && old_key
+            .as_materialized_series()
+            .equals(new_key.as_materialized_series());
+    if !same_keys {
+        return Ok(None);
+    }
+    let mut differs = BooleanChunked::full("differs".into(), false, new.height());
+    for column in new.columns() {
+        let name = column.name().as_str();
+        if name == key || name == "run_id" {
+            continue;
+        }
+        let Ok(previous) = old.column(name) else {
+            continue;
+        };
+        let equal = if previous.dtype() == column.dtype() {
+            previous.equal_missing(column)?
+        } else {
+            previous
+                .cast(&DataType::String)?
+                .equal_missing(&column.cast(&DataType::String)?)?
+        };
+        differs = &differs | &!equal;
+    }
+    Ok(Some(differs.sum().unwrap_or(0) as u64))
 }
 
 /// Fails when a gate of the pipeline does not pass, recording every failed
@@ -853,4 +902,30 @@ fn flatten_lists(frame: DataFrame) -> Result<DataFrame> {
         }
     }
     Ok(DataFrame::new(frame.height(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_by_key_in_place_and_joined_agree() {
+        let old = df!(
+            "id" => ["a", "b", "c"],
+            "score" => [Some(1.0), None, Some(3.0)],
+            "grade" => ["x", "y", "z"],
+            "run_id" => ["r1", "r1", "r1"]
+        )
+        .unwrap();
+        let new = df!(
+            "id" => ["a", "b", "c"],
+            "score" => [Some(1.0), Some(2.0), Some(3.0)],
+            "grade" => ["x", "y", "w"],
+            "run_id" => ["r2", "r2", "r2"]
+        )
+        .unwrap();
+        assert_eq!(diff_by_key(&old, &new, "id").unwrap(), (0, 0, 2));
+        // Reversed keys are not increasing, so the rows are matched by a join.
+        assert_eq!(diff_by_key(&old, &new.reverse(), "id").unwrap(), (0, 0, 2));
+    }
 }

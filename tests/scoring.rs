@@ -229,6 +229,19 @@ include_suppressed = true
 max_change_pct = 100
 "#;
 
+/// Returns the rows added, removed and changed that a run manifest records
+/// for `table`.
+fn row_counts(manifest: &serde_json::Value, table: &str) -> (u64, u64, u64) {
+    let outputs = manifest["outputs"].as_array().unwrap();
+    let output = outputs.iter().find(|o| o["table"] == table).unwrap();
+    let count = |field: &str| output[field].as_u64().unwrap();
+    (
+        count("rows_added"),
+        count("rows_removed"),
+        count("rows_changed"),
+    )
+}
+
 fn members(project: &Project, list: &str) -> Vec<String> {
     read(project, "list_membership")
         .lazy()
@@ -266,6 +279,7 @@ fn lists_add_remove_keep_member_since_and_guard_size() {
     assert_eq!(members(&project, "us"), vec!["c1"], "c4 is suppressed");
     assert_eq!(members(&project, "everyone"), vec!["c1", "c2", "c3", "c4"]);
     assert_eq!(manifest["metrics"]["lists"]["us"]["members"], 1);
+    let first_members = read(&project, "list_membership").height() as u64;
     let csv = std::fs::read_to_string(project.warehouse().join("exports/lists/us.csv")).unwrap();
     assert!(csv.contains("c1,one@x.com"), "{csv}");
     let since = read(&project, "list_membership")
@@ -310,6 +324,13 @@ fn lists_add_remove_keep_member_since_and_guard_size() {
     );
     let report = project.json(&["run", "lists"]);
     assert_eq!(report[0]["manifest"]["metrics"]["lists"]["us"]["added"], 2);
+    let manifest = &report[0]["manifest"];
+    assert_eq!(row_counts(manifest, "list_membership"), (2, 0, 0));
+    assert_eq!(
+        row_counts(manifest, "list_changes"),
+        (2, first_members, 0),
+        "the first refresh's changes are all replaced"
+    );
     assert_eq!(members(&project, "us"), vec!["c1", "c2", "c3"]);
     let again = read(&project, "list_membership")
         .lazy()
@@ -340,6 +361,9 @@ fn lists_add_remove_keep_member_since_and_guard_size() {
         report[0]["manifest"]["metrics"]["lists"]["us"]["removed"],
         1
     );
+    let manifest = &report[0]["manifest"];
+    assert_eq!(row_counts(manifest, "list_membership"), (0, 1, 0));
+    assert_eq!(row_counts(manifest, "list_changes"), (1, 2, 0));
     let changes = read(&project, "list_changes");
     assert_eq!(
         changes.column("change").unwrap().get(0).unwrap(),

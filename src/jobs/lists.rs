@@ -22,7 +22,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role};
+use super::{Export, JobContext, JobResult, KindSpec, OutputFrame, Role, RowChanges};
 use crate::delta::WriteMode;
 use crate::error::{Error, Result};
 use crate::schema::utc_timestamp;
@@ -434,22 +434,20 @@ fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, 
     order.sort_by(|a, b| lists[*a].id.cmp(&lists[*b].id));
     let contact_ids = flags.column("contact_id")?;
     let mut sizes = vec![0; lists.len()];
-    let mut parts = Vec::with_capacity(lists.len());
+    // Each list's members are appended as chunks, which shares the contact
+    // ids' text with the flags rather than copying it into one array.
+    let mut list_column = Series::new_empty("list_id".into(), &DataType::String);
+    let mut contact_column = Series::new_empty("contact_id".into(), contact_ids.dtype());
     for index in order {
         let mask = flags.column(flag_column(index).as_str())?.bool()?;
         let members = contact_ids.filter(mask)?;
         sizes[index] = members.len();
         let list_id = text_column("list_id", &lists[index].id, members.len());
-        parts.push(DataFrame::new(members.len(), vec![list_id, members])?.lazy());
+        list_column.append(list_id.as_materialized_series())?;
+        contact_column.append(members.as_materialized_series())?;
     }
-    let current = concat(
-        parts,
-        UnionArgs {
-            maintain_order: true,
-            ..Default::default()
-        },
-    )?
-    .collect()?;
+    let height = contact_column.len();
+    let current = DataFrame::new(height, vec![list_column.into(), contact_column.into()])?;
     Ok((current, sizes))
 }
 
@@ -462,6 +460,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let (current, sizes) = current_members(&flags, &params.lists)?;
 
     let previous = ctx.output("membership").read()?;
+    let previous_rows = previous.as_ref().map(|frame| frame.height() as u64);
     let list_ids: Vec<String> = params.lists.iter().map(|l| l.id.clone()).collect();
     let previous = previous
         .map(|frame| -> Result<DataFrame> {
@@ -513,7 +512,34 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
 
     let now = ctx.started_at.timestamp_micros();
     let first_refresh = previous.as_ref().is_none_or(|p| p.height() == 0);
-    let (membership, changes) = compare_with_previous(current, previous, now)?;
+    let refreshed_rows = previous.as_ref().map_or(0, |frame| frame.height() as u64);
+    let Compared {
+        membership,
+        changes,
+        kept_without_since,
+    } = compare_with_previous(current, previous, now)?;
+    let mut row_changes = BTreeMap::new();
+    if let (Some(previous_rows), Some(kept_without_since)) = (previous_rows, kept_without_since) {
+        // Rows of lists that are no longer refreshed are removed too.
+        let adds = changes
+            .column("change")?
+            .str()?
+            .equal("add")
+            .sum()
+            .unwrap_or(0) as u64;
+        let removes = changes.height() as u64 - adds;
+        row_changes.insert(
+            "membership".to_string(),
+            RowChanges {
+                added: adds + kept_without_since,
+                removed: removes + kept_without_since + (previous_rows - refreshed_rows),
+                changed: 0,
+            },
+        );
+    }
+    if let Some(counted) = changes_replaced(ctx, now, changes.height() as u64)? {
+        row_changes.insert("changes".to_string(), counted);
+    }
     let height = changes.height();
     let changes = changes.hstack(&[
         timestamp_column("changed_at", now, height)?,
@@ -543,7 +569,10 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         value["added"] = json!(added.get(id).copied().unwrap_or(0));
         value["removed"] = json!(removed.get(id).copied().unwrap_or(0));
     }
-    let mut result = JobResult::default();
+    let mut result = JobResult {
+        row_changes,
+        ..Default::default()
+    };
     result.metrics.insert("lists".into(), Value::Object(counts));
     result
         .metrics
@@ -585,6 +614,38 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         key: None,
     });
     Ok(result)
+}
+
+/// Returns the row counts of replacing the `changes` output with `rows` new
+/// rows changed at `now`, or `None` when the runner must compare the
+/// versions. Every new row has changed_at `now`, so when every previous
+/// row was changed before `now`, no previous row equals a new one.
+fn changes_replaced(ctx: &JobContext, now: i64, rows: u64) -> Result<Option<RowChanges>> {
+    let output = ctx.output("changes");
+    let Some(snapshot) = &output.snapshot else {
+        return Ok(None);
+    };
+    if snapshot.schema.get("changed_at") != Some(&utc_timestamp()) {
+        return Ok(None);
+    }
+    let previous = output
+        .table
+        .scan(snapshot)?
+        .select([
+            len().cast(DataType::Int64).alias("rows"),
+            col("changed_at").to_physical().max().alias("latest"),
+        ])
+        .collect()?;
+    let previous_rows = previous.column("rows")?.i64()?.get(0).unwrap_or(0);
+    let latest = previous.column("latest")?.i64()?.get(0);
+    if latest.is_some_and(|latest| latest >= now) {
+        return Ok(None);
+    }
+    Ok(Some(RowChanges {
+        added: rows,
+        removed: previous_rows as u64,
+        changed: 0,
+    }))
 }
 
 /// Returns a column of `len` copies of the UTC timestamp `micros`.
@@ -629,22 +690,37 @@ fn count_per_list(membership: &DataFrame) -> Result<BTreeMap<String, usize>> {
     Ok(sizes)
 }
 
-/// Returns the new membership (list_id, contact_id, member_since), with the
-/// member_since of members who stay, and the changes (list_id, contact_id,
-/// change), both sorted by list_id and contact_id. `current` must be sorted
-/// the same way, and `previous` contains only the earlier members of the
-/// refreshed lists.
+/// The outcome of comparing the current members with the previous ones.
+struct Compared {
+    /// list_id, contact_id, member_since, sorted by list_id and contact_id.
+    membership: DataFrame,
+    /// list_id, contact_id, change, sorted by list_id and contact_id.
+    changes: DataFrame,
+    /// The number of members who stay but had no member_since, or `None`
+    /// when the comparison did not count them. Those rows differ from
+    /// their previous version.
+    kept_without_since: Option<u64>,
+}
+
+/// Returns the new membership, with the member_since of members who stay,
+/// and the changes. `current` (list_id, contact_id) must be sorted by
+/// list_id and contact_id, and `previous` contains only the earlier members
+/// of the refreshed lists.
 fn compare_with_previous(
     current: DataFrame,
     previous: Option<DataFrame>,
     now: i64,
-) -> Result<(DataFrame, DataFrame)> {
+) -> Result<Compared> {
     let Some(previous) = previous.filter(|p| p.height() > 0) else {
         // A first refresh: everyone is new.
         let height = current.height();
         let membership = current.hstack(&[timestamp_column("member_since", now, height)?])?;
         let changes = current.hstack(&[text_column("change", "add", height)])?;
-        return Ok((membership, changes));
+        return Ok(Compared {
+            membership,
+            changes,
+            kept_without_since: Some(0),
+        });
     };
     if let Some(merged) = merge_memberships(&current, &previous, now)? {
         return Ok(merged);
@@ -695,7 +771,11 @@ fn compare_with_previous(
     let changes = concat([adds, removes], UnionArgs::default())?
         .sort(["list_id", "contact_id"], SortMultipleOptions::default())
         .collect()?;
-    Ok((membership, changes))
+    Ok(Compared {
+        membership,
+        changes,
+        kept_without_since: None,
+    })
 }
 
 /// Compares `current` with `previous` in one pass over both, when both are
@@ -706,7 +786,7 @@ fn merge_memberships(
     current: &DataFrame,
     previous: &DataFrame,
     now: i64,
-) -> Result<Option<(DataFrame, DataFrame)>> {
+) -> Result<Option<Compared>> {
     if previous.column("member_since")?.dtype() != &utc_timestamp() {
         return Ok(None);
     }
@@ -727,6 +807,7 @@ fn merge_memberships(
     let mut change_contacts: Vec<&str> = Vec::new();
     let mut change_kinds: Vec<&str> = Vec::new();
     let mut last_previous: Option<(&str, &str)> = None;
+    let mut kept_without_since = 0;
     let mut next_current = current_rows.next();
     let mut next_previous = previous_rows.next();
     loop {
@@ -769,6 +850,9 @@ fn merge_memberships(
                 next_previous = previous_rows.next();
             }
             std::cmp::Ordering::Equal => {
+                if previous_since.is_none() {
+                    kept_without_since += 1;
+                }
                 member_since.push(previous_since.unwrap_or(now));
                 last_previous = previous_key;
                 next_current = current_rows.next();
@@ -788,7 +872,11 @@ fn merge_memberships(
             Column::new("change".into(), change_kinds),
         ],
     )?;
-    Ok(Some((membership, changes)))
+    Ok(Some(Compared {
+        membership,
+        changes,
+        kept_without_since: Some(kept_without_since),
+    }))
 }
 
 #[cfg(test)]
@@ -916,8 +1004,11 @@ mod tests {
             .is_none());
 
         for previous in [sorted, unsorted] {
-            let (kept, changes) =
-                compare_with_previous(current.clone(), Some(previous), 100).unwrap();
+            let Compared {
+                membership: kept,
+                changes,
+                ..
+            } = compare_with_previous(current.clone(), Some(previous), 100).unwrap();
             let since: Vec<Option<i64>> = kept
                 .column("member_since")
                 .unwrap()

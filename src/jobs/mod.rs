@@ -215,6 +215,20 @@ pub struct JobResult {
     /// results must be kept (such as paid API answers), yet whose run must
     /// still count as failed and alert.
     pub fail_after_commit: Option<String>,
+    /// The row counts of outputs that the job compared with their previous
+    /// versions itself, by role. The runner takes these in place of its
+    /// own comparison, so they must equal what it would count.
+    pub row_changes: BTreeMap<String, RowChanges>,
+}
+
+/// Rows added, removed and changed against an output's previous version,
+/// counted as the runner counts them: by key, or without a key as rows
+/// with no identical row (run_id aside) in the other version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowChanges {
+    pub added: u64,
+    pub removed: u64,
+    pub changed: u64,
 }
 
 /// Checks that a parameter names a relative path inside the warehouse,

@@ -31,6 +31,8 @@ use crate::delta::WriteMode;
 use crate::error::{Error, Result};
 use crate::schema::utc_timestamp;
 
+mod engagement;
+
 pub const SPEC: KindSpec = KindSpec {
     name: "scoring",
     description: "engagement and fit scores with decay, caps, grades and an MQL flag",
@@ -288,15 +290,15 @@ fn points_of(key: Expr, points: &BTreeMap<String, f64>) -> Expr {
     result
 }
 
-/// Returns a plan of each group's engagement per contact with events:
-/// `contact_id` and one `engagement_<group>` column per group whose source
-/// table exists, with those column names. Each source table is scanned
-/// once for all of its groups, and one group-by adds up every group.
-fn engagement_per_contact(
+/// Returns each group's engagement per contact row, with its column name
+/// `engagement_<group>`, for the groups whose source table exists. Each
+/// source table is scanned once for all of its groups.
+fn engagement_per_row(
     ctx: &JobContext,
     params: &Params,
     as_of: i64,
-) -> Result<Option<(LazyFrame, Vec<String>)>> {
+    index: &engagement::ContactIndex,
+) -> Result<Vec<(String, Vec<f64>)>> {
     let present: Vec<(&String, &Group)> = params
         .groups
         .iter()
@@ -305,19 +307,11 @@ fn engagement_per_contact(
             Source::Activities => ctx.optional_input("activities").is_some(),
         })
         .collect();
-    if present.is_empty() {
-        return Ok(None);
-    }
-    let positive = |name: &str| format!("_positive_{name}");
-    let negative = |name: &str| format!("_negative_{name}");
-
-    let mut per_source = Vec::new();
+    let mut sums: Vec<engagement::GroupSums> = present
+        .iter()
+        .map(|_| engagement::GroupSums::new(index.slots()))
+        .collect();
     for source in [Source::EmailEvents, Source::Activities] {
-        let groups: Vec<&(&String, &Group)> =
-            present.iter().filter(|(_, g)| g.source == source).collect();
-        if groups.is_empty() {
-            continue;
-        }
         let (input, type_column, key) = match source {
             Source::EmailEvents => (ctx.optional_input("events"), "event_type", email_key()),
             Source::Activities => (
@@ -329,11 +323,17 @@ fn engagement_per_contact(
         let Some(input) = input else {
             continue;
         };
+        let groups: Vec<usize> = (0..present.len())
+            .filter(|&i| present[i].1.source == source)
+            .collect();
+        if groups.is_empty() {
+            continue;
+        }
         // Only events whose type can earn points are read further: the
         // filter goes into the Parquet scan, before the key is computed.
         let mut types: BTreeSet<String> = groups
             .iter()
-            .flat_map(|(_, g)| g.points.keys().cloned())
+            .flat_map(|&i| present[i].1.points.keys().cloned())
             .collect();
         let mut columns = vec![col("contact_id"), col("occurred_at"), col(type_column)];
         if source == Source::EmailEvents {
@@ -345,13 +345,13 @@ fn engagement_per_contact(
             .table
             .scan(&input.snapshot)?
             .select(columns)
-            // Events without a contact_id form a group that no contact
-            // joins, so they need no filter of their own.
             .filter(
-                col("occurred_at")
-                    .cast(DataType::Int64)
-                    .lt_eq(lit(as_of))
-                    .and(col(type_column).is_in(lit(types).implode(false), false)),
+                col("contact_id").is_not_null().and(
+                    col("occurred_at")
+                        .cast(DataType::Int64)
+                        .lt_eq(lit(as_of))
+                        .and(col(type_column).is_in(lit(types).implode(false), false)),
+                ),
             )
             .with_columns([
                 key.alias("_key"),
@@ -359,54 +359,40 @@ fn engagement_per_contact(
                     / lit(DAY_MICROS))
                 .alias("_age"),
             ]);
-        // Every source frame has the positive and negative column of every
-        // group, zero for the other sources' groups, so they can be stacked.
         let mut values = vec![col("contact_id")];
-        for (name, group) in &present {
-            let (pos, neg) = if group.source == source {
-                let value = decayed(
+        let mut value_columns = Vec::new();
+        for &i in &groups {
+            let (name, group) = present[i];
+            let column = format!("_points_{name}");
+            values.push(
+                decayed(
                     points_of(col("_key"), &group.points),
                     col("_age"),
                     &group.decay,
-                );
-                (
-                    when(value.clone().gt(lit(0.0)))
-                        .then(value.clone())
-                        .otherwise(lit(0.0)),
-                    when(value.clone().lt(lit(0.0)))
-                        .then(value)
-                        .otherwise(lit(0.0)),
                 )
-            } else {
-                (lit(0.0), lit(0.0))
-            };
-            values.push(pos.alias(positive(name)));
-            values.push(neg.alias(negative(name)));
+                .alias(column.as_str()),
+            );
+            value_columns.push(column);
         }
-        per_source.push(events.select(values));
+        let events = super::collect_streaming(events.select(values))?;
+        let mut source_sums: Vec<&mut engagement::GroupSums> = sums
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| groups.contains(i))
+            .map(|(_, sums)| sums)
+            .collect();
+        engagement::add_points(index, events, &value_columns, &mut source_sums)?;
     }
-
-    let mut sums = Vec::new();
-    let mut totals = vec![col("contact_id")];
-    let mut columns = Vec::new();
-    for (name, group) in &present {
-        sums.push(col(positive(name)).sum());
-        sums.push(col(negative(name)).sum());
-        let capped = match group.cap {
-            Some(cap) => when(col(positive(name)).gt(lit(cap)))
-                .then(lit(cap))
-                .otherwise(col(positive(name))),
-            None => col(positive(name)),
-        };
-        let column = format!("engagement_{name}");
-        totals.push((capped + col(negative(name))).alias(column.as_str()));
-        columns.push(column);
-    }
-    let engagement = concat(per_source, UnionArgs::default())?
-        .group_by([col("contact_id")])
-        .agg(sums)
-        .select(totals);
-    Ok(Some((engagement, columns)))
+    Ok(present
+        .iter()
+        .zip(sums)
+        .map(|((name, group), sums)| {
+            (
+                format!("engagement_{name}"),
+                sums.engagement(index, group.cap),
+            )
+        })
+        .collect())
 }
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
@@ -425,8 +411,6 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         .map(|n| n.to_string())
         .collect();
 
-    let engagement = engagement_per_contact(ctx, &params, as_of)?;
-
     // Fit rules over the contact columns.
     let mut fit_columns = Vec::new();
     let mut fit_exprs = Vec::new();
@@ -441,43 +425,45 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         );
         fit_columns.push(column);
     }
-    let mut frame = contacts.select(
-        [col("contact_id")]
-            .into_iter()
-            .chain(
-                available
-                    .iter()
-                    .filter(|c| c.as_str() != "contact_id")
-                    .map(|c| col(c.as_str())),
-            )
-            .collect::<Vec<_>>(),
-    );
-    if !fit_exprs.is_empty() {
-        frame = frame.with_columns(fit_exprs);
-    }
-    let mut frame = frame.select(
-        [col("contact_id")]
-            .into_iter()
-            .chain(fit_columns.iter().map(|c| col(c.as_str())))
-            .collect::<Vec<_>>(),
-    );
+    let mut contacts = super::collect_streaming(
+        contacts.select(
+            [col("contact_id")]
+                .into_iter()
+                .chain(fit_exprs)
+                .collect::<Vec<_>>(),
+        ),
+    )?;
+
+    let ids = contacts.column("contact_id")?.str()?.rechunk().into_owned();
+    let index = engagement::ContactIndex::new(&ids);
     let mut group_columns = Vec::new();
-    if let Some((engagement, columns)) = engagement {
-        frame = frame
-            .join(
-                engagement,
-                [col("contact_id")],
-                [col("contact_id")],
-                super::left_join_in_order(),
-            )
-            .with_columns(
-                columns
-                    .iter()
-                    .map(|c| col(c.as_str()).fill_null(lit(0.0)))
-                    .collect::<Vec<_>>(),
-            );
-        group_columns = columns;
+    let mut engagement_columns = Vec::new();
+    for (column, values) in engagement_per_row(ctx, &params, as_of, &index)? {
+        engagement_columns.push(Column::new(column.as_str().into(), values));
+        group_columns.push(column);
     }
+    let unique_sorted_ids = matches!(index, engagement::ContactIndex::Sorted(_));
+    drop(index);
+    contacts.hstack_mut(&engagement_columns)?;
+
+    // The previous score and the change. A previous version with the same
+    // unique contact ids in the same order needs no join.
+    let mut previous = ctx.output("scores").read()?;
+    let mut previous_in_place = false;
+    if let Some(scores) = &previous {
+        let aligned = unique_sorted_ids
+            && scores
+                .column("contact_id")?
+                .as_materialized_series()
+                .equals(contacts.column("contact_id")?.as_materialized_series());
+        if aligned {
+            let score = scores.column("score")?.clone();
+            contacts.with_column(score.with_name("previous_score".into()))?;
+            previous_in_place = true;
+            previous = None;
+        }
+    }
+    let mut frame = contacts.lazy();
     let total = |columns: &[String]| -> Expr {
         columns
             .iter()
@@ -510,9 +496,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     };
     frame = frame.with_columns([grade.alias("grade"), mql.alias("mql")]);
 
-    // The previous score and the change.
-    let previous = ctx.output("scores").read()?;
     frame = match previous {
+        _ if previous_in_place => frame,
         Some(previous) => frame.join(
             previous
                 .lazy()
