@@ -170,17 +170,25 @@ impl Default for Params {
             // names, a move, a changed digit, a missing value) leaves at
             // least one rule whose keys all still agree.
             blocking: vec![
-                BlockingRule::on(&["postcode", "first_name"]),
-                BlockingRule::on(&["postcode", "last_name"]),
+                BlockingRule::on_keys(&[
+                    ("postcode", None),
+                    ("first_name", None),
+                    ("last_name", Some(1)),
+                ]),
+                BlockingRule::on_keys(&[
+                    ("postcode", None),
+                    ("last_name", None),
+                    ("first_name", Some(1)),
+                ]),
                 BlockingRule::on_keys(&[("first_name", Some(3)), ("date_of_birth", None)]),
                 BlockingRule::on_keys(&[("last_name", Some(3)), ("date_of_birth", None)]),
                 BlockingRule::on_keys(&[
                     ("first_name", Some(3)),
                     ("last_name", Some(3)),
-                    ("date_of_birth", Some(4)),
+                    ("date_of_birth", Some(6)),
                 ]),
                 BlockingRule::on(&["soc_sec_id"]),
-                BlockingRule::on_keys(&[("soc_sec_id", Some(4)), ("date_of_birth", Some(4))]),
+                BlockingRule::on_keys(&[("soc_sec_id", Some(4)), ("date_of_birth", Some(6))]),
                 BlockingRule::on(&["address_1", "street_number"]),
                 BlockingRule::on_keys(&[("address_1", Some(5)), ("postcode", None)]),
                 BlockingRule::on(&["email"]),
@@ -412,6 +420,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     tracing::info!(
         rules = blocking.len(),
         candidate_pairs = blocked.pairs.len(),
+        new_pairs_per_rule = ?blocked.rule_pairs,
         skipped_blocks = blocked.skipped_blocks.len(),
         seconds = phase.elapsed().as_secs_f64(),
         "dedupe: blocking done"
@@ -425,6 +434,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         } else {
             0.0
         }),
+    );
+    metrics.insert(
+        "candidate_pairs_per_rule".into(),
+        json!(blocking
+            .iter()
+            .zip(&blocked.rule_pairs)
+            .map(|(rule, pairs)| json!({ "rule": rule.describe(), "new_pairs": pairs }))
+            .collect::<Vec<_>>()),
     );
     metrics.insert(
         "skipped_blocks".into(),
