@@ -1053,16 +1053,40 @@ impl MatchKeys {
                 got: record.fields.len(),
             });
         }
-        let chunks: Vec<(String, Vec<usize>)> = records
+        Self::from_values(
+            records.len(),
+            specs,
+            |field, record| records[record].fields[field].as_deref(),
+            |_, _| true,
+        )
+    }
+
+    /// Normalizes the values that `value(field, record)` returns, without
+    /// [`Record`]s, so that a caller can read its columns in place.
+    ///
+    /// A key for which `keep(field, key)` is false counts as null. Fails when
+    /// the specs are invalid or there are more than `u32::MAX` records.
+    pub fn from_values<'a>(
+        records: usize,
+        specs: &[FieldSpec],
+        value: impl Fn(usize, usize) -> Option<&'a str> + Sync,
+        keep: impl Fn(usize, &str) -> bool + Sync,
+    ) -> Result<Self, MatchError> {
+        validate(specs, &[])?;
+        if records > u32::MAX as usize {
+            return Err(MatchError::TooManyRecords { got: records });
+        }
+        let record_ids: Vec<usize> = (0..records).collect();
+        let chunks: Vec<(String, Vec<usize>)> = record_ids
             .par_chunks(4096)
             .map(|chunk| {
                 let mut text = String::new();
                 let mut lengths = Vec::with_capacity(chunk.len() * specs.len());
-                for record in chunk {
-                    for (value, spec) in record.fields.iter().zip(specs) {
-                        let key = value
-                            .as_deref()
+                for &record in chunk {
+                    for (field, spec) in specs.iter().enumerate() {
+                        let key = value(field, record)
                             .and_then(|value| spec.comparison.match_key(value))
+                            .filter(|key| keep(field, key))
                             .unwrap_or_default();
                         text.push_str(&key);
                         lengths.push(key.len());
@@ -1072,7 +1096,7 @@ impl MatchKeys {
             })
             .collect();
         let mut text = String::with_capacity(chunks.iter().map(|(text, _)| text.len()).sum());
-        let mut offsets = Vec::with_capacity(records.len() * specs.len() + 1);
+        let mut offsets = Vec::with_capacity(records * specs.len() + 1);
         offsets.push(0);
         for (chunk_text, lengths) in chunks {
             let mut end = text.len();
@@ -1086,7 +1110,7 @@ impl MatchKeys {
             specs: specs.to_vec(),
             text,
             offsets,
-            records: records.len(),
+            records,
         })
     }
 
@@ -1179,7 +1203,7 @@ pub fn clear_placeholder_values(
 }
 
 /// Returns, per field, the match keys of the placeholder values.
-fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<String>> {
+pub fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<String>> {
     specs
         .iter()
         .map(|spec| {

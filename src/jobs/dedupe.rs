@@ -28,6 +28,7 @@
 //! restores them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
-use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec, Record};
+use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec};
 use crate::delta::WriteMode;
 use crate::error::{Error, Result};
 
@@ -276,6 +277,29 @@ fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
     }
 }
 
+/// A contacts column as contiguous text, read in place; blank values and
+/// a missing column read as null.
+struct TextColumn(Option<StringChunked>);
+
+impl TextColumn {
+    fn new(frame: &DataFrame, name: &str) -> Result<Self> {
+        match frame.column(name) {
+            Ok(column) => {
+                let text = column.cast(&DataType::String)?;
+                Ok(Self(Some(text.str()?.rechunk().into_owned())))
+            }
+            Err(_) => Ok(Self(None)),
+        }
+    }
+
+    fn get(&self, row: usize) -> Option<&str> {
+        self.0
+            .as_ref()?
+            .get(row)
+            .filter(|value| !value.trim().is_empty())
+    }
+}
+
 /// Returns the rank of every record in the order of `key`.
 fn rank_records<K: Ord + Send>(n: usize, key: impl Fn(usize) -> K + Sync) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
@@ -345,25 +369,18 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         )));
     }
     let phase = Instant::now();
-    let mut columns = Vec::with_capacity(specs.len());
+    // The compared columns are read in place, with no per-value copy.
+    let mut strings: Vec<TextColumn> = Vec::with_capacity(specs.len());
     for spec in &specs {
-        columns.push(text_column(&contacts, &spec.name)?.into_iter());
+        strings.push(TextColumn::new(&contacts, &spec.name)?);
     }
-    let mut records: Vec<Record> = ids
-        .iter()
-        .map(|id| Record {
-            id: id.clone(),
-            fields: columns
-                .iter_mut()
-                .map(|column| column.next().flatten())
-                .collect(),
-        })
-        .collect();
-    drop(columns);
+    let value = |field: usize, record: usize| -> Option<&str> { strings[field].get(record) };
 
     // Guards: role and shared addresses never link people.
     let mut metrics = serde_json::Map::new();
-    if let Some(email) = specs.iter().position(|s| s.name == "email") {
+    let email = specs.iter().position(|s| s.name == "email");
+    let mut left_out_emails: HashSet<String> = HashSet::new();
+    if let Some(email) = email {
         let roles: HashSet<String> = match &params.role_local_parts {
             Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
             None => crate::email::ROLE_LOCAL_PARTS
@@ -372,37 +389,57 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 .collect(),
         };
         let mut counts: HashMap<String, usize> = HashMap::new();
-        for record in &records {
-            if let Some(key) = record.fields[email]
-                .as_deref()
-                .and_then(matching::normalize_email)
-            {
+        for record in 0..n {
+            if let Some(key) = value(email, record).and_then(matching::normalize_email) {
                 *counts.entry(key).or_default() += 1;
             }
         }
-        let mut cleared = 0;
-        for record in &mut records {
-            let Some(key) = record.fields[email]
-                .as_deref()
-                .and_then(matching::normalize_email)
-            else {
-                continue;
-            };
-            let local = key.split(['@', '+']).next().unwrap_or_default();
-            if roles.contains(local) || counts[&key] > params.max_shared_email {
-                record.fields[email] = None;
-                cleared += 1;
-            }
-        }
-        metrics.insert("emails_left_out".into(), Value::from(cleared));
+        left_out_emails = counts
+            .into_iter()
+            .filter(|(key, count)| {
+                let local = key.split(['@', '+']).next().unwrap_or_default();
+                roles.contains(local) || *count > params.max_shared_email
+            })
+            .map(|(key, _)| key)
+            .collect();
     }
-    let placeholders =
-        matching::clear_placeholder_values(&mut records, &specs, &params.blocked_values);
-    metrics.insert("blocked_values_cleared".into(), Value::from(placeholders));
-
-    let keys =
-        matching::MatchKeys::new(&records, &specs).map_err(|e| Error::Data(e.to_string()))?;
-    drop(records);
+    let emails_left_out = AtomicUsize::new(0);
+    let placeholders_cleared = AtomicUsize::new(0);
+    let placeholders = matching::placeholder_keys(&specs, &params.blocked_values);
+    let keys = matching::MatchKeys::from_values(
+        n,
+        &specs,
+        |field, record| {
+            let raw = value(field, record)?;
+            if Some(field) == email
+                && !left_out_emails.is_empty()
+                && matching::normalize_email(raw).is_some_and(|key| left_out_emails.contains(&key))
+            {
+                emails_left_out.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Some(raw)
+        },
+        |field, key| {
+            let placeholder = placeholders[field].contains(key);
+            if placeholder {
+                placeholders_cleared.fetch_add(1, Ordering::Relaxed);
+            }
+            !placeholder
+        },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
+    drop(strings);
+    if email.is_some() {
+        metrics.insert(
+            "emails_left_out".into(),
+            Value::from(emails_left_out.into_inner()),
+        );
+    }
+    metrics.insert(
+        "blocked_values_cleared".into(),
+        Value::from(placeholders_cleared.into_inner()),
+    );
     tracing::info!(
         records = n,
         fields = specs.len(),
@@ -673,7 +710,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut out_columns: Vec<Column> = Vec::new();
     let mut alternates: BTreeMap<String, Column> = BTreeMap::new();
     for name in &column_names {
-        let values = text_column(&contacts, name)?;
+        let values = TextColumn::new(&contacts, name)?;
         let rule = if name == "contact_id" {
             Rule::Oldest
         } else {
@@ -695,10 +732,18 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 take.push(Some(surv as IdxSize));
                 continue;
             }
+            // A single record gives every value and has no alternates.
+            if list.len() == 1 {
+                take.push(Some(list[0] as IdxSize));
+                if rule == Rule::KeepAll {
+                    alts.append_values_iter(std::iter::empty());
+                }
+                continue;
+            }
             let non_empty: Vec<u32> = list
                 .iter()
                 .copied()
-                .filter(|i| values[*i as usize].is_some())
+                .filter(|i| values.get(*i as usize).is_some())
                 .collect();
             let chosen = if non_empty.is_empty() {
                 surv
@@ -716,14 +761,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                         let mut counts: HashMap<&str, usize> = HashMap::new();
                         for i in &non_empty {
                             *counts
-                                .entry(values[*i as usize].as_deref().unwrap_or_default())
+                                .entry(values.get(*i as usize).unwrap_or_default())
                                 .or_default() += 1;
                         }
                         *non_empty
                             .iter()
                             .max_by_key(|i| {
                                 (
-                                    counts[values[**i as usize].as_deref().unwrap_or_default()],
+                                    counts[values.get(**i as usize).unwrap_or_default()],
                                     recent_rank[**i as usize],
                                 )
                             })
@@ -746,8 +791,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 let mut others: Vec<&str> = non_empty
                     .iter()
                     .filter(|i| **i != chosen)
-                    .filter_map(|i| values[*i as usize].as_deref())
-                    .filter(|v| Some(*v) != values[chosen as usize].as_deref())
+                    .filter_map(|i| values.get(*i as usize))
+                    .filter(|v| Some(*v) != values.get(chosen as usize))
                     .collect();
                 others.sort_unstable();
                 others.dedup();
