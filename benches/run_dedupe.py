@@ -10,6 +10,10 @@ Two parts, each optional:
   of dedupe/generate_people.py, deduplicated by nightshift (ingest, then
   `run dedupe`, timed separately) and by Splink.
 
+`--splink-blocking nightshift` runs Splink with nightshift's default blocking
+rules in place of those of its FEBRL3 example; repeat the option with both
+values to run Splink once with each.
+
 Every tool runs as its own process under GNU time (`/usr/bin/time -v`), which
 reports wall time, CPU time (user plus system) and maximum resident set size.
 Each result is scored on pairs against the truth in the record ids
@@ -61,6 +65,9 @@ DEDUPE_PIPELINE = """\
 kind = "dedupe"
 """
 
+# Result key of each Splink blocking setup of dedupe/splink_dedupe.py.
+SPLINK_RESULT_KEYS = {"febrl3": "splink", "nightshift": "splink_nightshift_blocking"}
+
 # Maximum share of the CPU that other processes may use in the 2 s before the
 # timed runs without a warning.
 MAX_BUSY_FRACTION = 0.1
@@ -83,6 +90,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=5_000_000,
         help="run Splink on generated files of at most this many records (default: 5000000)",
+    )
+    parser.add_argument(
+        "--splink-blocking",
+        choices=list(SPLINK_RESULT_KEYS),
+        action="append",
+        help="Splink's prediction blocking: the rules of its FEBRL3 example (febrl3, the default) or nightshift's "
+        "default rules (nightshift); repeat the option to run Splink once with each",
     )
     parser.add_argument(
         "--count-splink-pairs",
@@ -114,7 +128,9 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         help="nightshift binary (default: $NIGHTSHIFT_BIN, else ${CARGO_TARGET_DIR:-target}/debug/nightshift)",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.splink_blocking = args.splink_blocking or ["febrl3"]
+    return args
 
 
 def find_nightshift_binary(explicit: Path | None) -> Path:
@@ -281,7 +297,7 @@ def run_nightshift(
     )
     try:
         stdout, dedupe = run_timed(
-            [str(nightshift), "run", "dedupe", "--json"], project, log_dir, f"{label}-nightshift-dedupe", limits
+            [str(nightshift), "-v", "run", "dedupe", "--json"], project, log_dir, f"{label}-nightshift-dedupe", limits
         )
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
@@ -311,13 +327,21 @@ def run_nightshift(
 
 
 def run_splink(
-    data: Path, record_ids: pl.Series, out_dir: Path, log_dir: Path, label: str, count_pairs: bool, limits: argparse.Namespace
+    data: Path,
+    record_ids: pl.Series,
+    out_dir: Path,
+    log_dir: Path,
+    label: str,
+    count_pairs: bool,
+    limits: argparse.Namespace,
+    blocking: str = "febrl3",
 ) -> dict:
-    clusters_path = out_dir / f"{label}-splink-clusters.parquet"
+    label = f"{label}-splink" if blocking == "febrl3" else f"{label}-splink-{blocking}-blocking"
+    clusters_path = out_dir / f"{label}-clusters.parquet"
     script = str(BENCH_DIR / "dedupe" / "splink_dedupe.py")
     try:
         stdout, figures = run_timed(
-            [str(PYTHON), script, str(data), str(clusters_path)], out_dir, log_dir, f"{label}-splink", limits
+            [str(PYTHON), script, str(data), str(clusters_path), "--blocking", blocking], out_dir, log_dir, label, limits
         )
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
@@ -328,12 +352,17 @@ def run_splink(
         "predicted_pairs": report["predicted_pairs"],
         "steps": report["steps"],
         "version": report["splink_version"],
+        "blocking": blocking,
         "accuracy": accuracy.score(pl.read_parquet(clusters_path), record_ids),
     }
     if count_pairs:
         try:
             counted, _ = run_timed(
-                [str(PYTHON), script, str(data), "--count-pairs"], out_dir, log_dir, f"{label}-splink-count", limits
+                [str(PYTHON), script, str(data), "--count-pairs", "--blocking", blocking],
+                out_dir,
+                log_dir,
+                f"{label}-count",
+                limits,
             )
             result["candidate_pairs"] = json.loads(counted.strip().splitlines()[-1])["candidate_pairs"]
         except Stopped as stopped:
@@ -369,20 +398,35 @@ def febrl_part(args: argparse.Namespace, nightshift: Path, work_dir: Path) -> li
         record_ids = pl.read_csv(data, columns=["rec_id"])["rec_id"]
         log_dir = work_dir / "logs"
         ns = run_nightshift(nightshift, data, FEBRL_COLUMN_MAP, work_dir / f"{label}-nightshift", log_dir, label, args)
-        splink = run_splink(data, record_ids, work_dir, log_dir, label, True, args)
-        rl = run_recordlinkage(data, record_ids, work_dir, log_dir, label, args)
-        rows.append({"data": file, "records": record_ids.len(), "nightshift": ns, "splink": splink, "recordlinkage": rl})
+        row = {"data": file, "records": record_ids.len(), "nightshift": ns}
+        for blocking in args.splink_blocking:
+            row[SPLINK_RESULT_KEYS[blocking]] = run_splink(data, record_ids, work_dir, log_dir, label, True, args, blocking)
+        row["recordlinkage"] = run_recordlinkage(data, record_ids, work_dir, log_dir, label, args)
+        rows.append(row)
     return rows
 
 
 # Blocking rules as (name, key expressions, maximum block size), for the
 # estimate in blocking_estimate(). nightshift's are its defaults (Params::default
 # in src/jobs/dedupe.rs), Splink's those of dedupe/splink_dedupe.py.
+def _prefix(column: str, length: int) -> pl.Expr:
+    return pl.col(column).str.slice(0, length)
+
+
 NIGHTSHIFT_RULES = [
-    ("postcode", [pl.col("postcode")], 2000),
-    ("last_name[..3]", [pl.col("last_name").str.slice(0, 3)], 2000),
-    ("first_name, date_of_birth", [pl.col("first_name"), pl.col("date_of_birth")], 2000),
+    ("postcode, first_name, last_name[..1]", [pl.col("postcode"), pl.col("first_name"), _prefix("last_name", 1)], 2000),
+    ("postcode, last_name, first_name[..1]", [pl.col("postcode"), pl.col("last_name"), _prefix("first_name", 1)], 2000),
+    ("first_name[..3], date_of_birth", [_prefix("first_name", 3), pl.col("date_of_birth")], 2000),
+    ("last_name[..3], date_of_birth", [_prefix("last_name", 3), pl.col("date_of_birth")], 2000),
+    (
+        "first_name[..3], last_name[..3], date_of_birth[..6]",
+        [_prefix("first_name", 3), _prefix("last_name", 3), _prefix("date_of_birth", 6)],
+        2000,
+    ),
     ("soc_sec_id", [pl.col("soc_sec_id")], 2000),
+    ("soc_sec_id[..4], date_of_birth[..6]", [_prefix("soc_sec_id", 4), _prefix("date_of_birth", 6)], 2000),
+    ("address_1, street_number", [pl.col("address_1"), pl.col("street_number")], 2000),
+    ("address_1[..5], postcode", [_prefix("address_1", 5), pl.col("postcode")], 2000),
     ("email", [pl.col("email")], 2000),
     ("phone", [pl.col("phone")], 2000),
 ]
@@ -430,10 +474,23 @@ def scale_part(args: argparse.Namespace, nightshift: Path, work_dir: Path) -> li
         row["nightshift"] = run_nightshift(nightshift, data, GENERATED_COLUMN_MAP, project, log_dir, label, args)
         shutil.rmtree(work_dir / f"{label}-nightshift", ignore_errors=True)
         if records <= args.splink_max_records:
-            row["splink"] = run_splink(data, record_ids, work_dir, log_dir, label, args.count_splink_pairs, args)
+            for blocking in args.splink_blocking:
+                row[SPLINK_RESULT_KEYS[blocking]] = run_splink(
+                    data, record_ids, work_dir, log_dir, label, args.count_splink_pairs, args, blocking
+                )
         rows.append(row)
         machine = wait_for_idle(0)
     return rows
+
+
+def tool_name(key: str, result: dict) -> str:
+    """Name a result column: the tool, its version and, for Splink, its blocking."""
+    if key == "recordlinkage":
+        return f"recordlinkage {result['version']}"
+    version = result.get("version", "")
+    if key == "splink_nightshift_blocking":
+        return f"Splink {version} (nightshift blocking)".replace("  ", " ")
+    return f"Splink {version}".strip()
 
 
 def format_accuracy(score: accuracy.PairAccuracy) -> str:
@@ -453,11 +510,16 @@ def print_tables(febrl: list[dict], scale: list[dict]) -> None:
                 f"| {row['data']} | nightshift | {format_accuracy(score)} | {score.predicted_pairs} | {score.true_pairs} "
                 f"| {ns['candidate_pairs']} | {wall:.2f} | {rss:.0f} |"
             )
-            for tool in ["splink", "recordlinkage"]:
-                result = row[tool]
+            for tool in [*SPLINK_RESULT_KEYS.values(), "recordlinkage"]:
+                result = row.get(tool)
+                if result is None:
+                    continue
+                if "stopped" in result:
+                    print(f"| {row['data']} | {tool_name(tool, result)} | {result['stopped']} | | | | | | |")
+                    continue
                 score = result["accuracy"]
                 print(
-                    f"| {row['data']} | {tool} {result['version']} | {format_accuracy(score)} | {score.predicted_pairs} "
+                    f"| {row['data']} | {tool_name(tool, result)} | {format_accuracy(score)} | {score.predicted_pairs} "
                     f"| {score.true_pairs} | {result['candidate_pairs']} | {result['run']['wall']:.2f} "
                     f"| {result['run']['max_rss_mib']:.0f} |"
                 )
@@ -480,18 +542,19 @@ def print_tables(febrl: list[dict], scale: list[dict]) -> None:
                     f"| {row['records']} | nightshift | dedupe | {figures['wall']:.1f} | {figures['cpu']:.1f} "
                     f"| {figures['max_rss_mib']:.0f} | {ns['candidate_pairs']} | {format_accuracy(ns['accuracy'])} |"
                 )
-            result = row.get("splink")
-            if result is None:
-                continue
-            if "stopped" in result:
-                print(f"| {row['records']} | splink | all | {result['stopped']} | | | | | | |")
-                continue
-            figures = result["run"]
-            print(
-                f"| {row['records']} | splink {result['version']} | all | {figures['wall']:.1f} | {figures['cpu']:.1f} "
-                f"| {figures['max_rss_mib']:.0f} | {result.get('candidate_pairs', 'not counted')} "
-                f"| {format_accuracy(result['accuracy'])} |"
-            )
+            for tool in SPLINK_RESULT_KEYS.values():
+                result = row.get(tool)
+                if result is None:
+                    continue
+                if "stopped" in result:
+                    print(f"| {row['records']} | {tool_name(tool, result)} | all | {result['stopped']} | | | | | | |")
+                    continue
+                figures = result["run"]
+                print(
+                    f"| {row['records']} | {tool_name(tool, result)} | all | {figures['wall']:.1f} "
+                    f"| {figures['cpu']:.1f} | {figures['max_rss_mib']:.0f} "
+                    f"| {result.get('candidate_pairs', 'not counted')} | {format_accuracy(result['accuracy'])} |"
+                )
 
 
 def to_json(value):

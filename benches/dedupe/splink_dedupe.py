@@ -1,6 +1,6 @@
 """Deduplicate a person file with Splink's standard unsupervised setup (DuckDB backend).
 
-Usage: splink_dedupe.py INPUT OUT.parquet [--threshold 0.9] [--count-pairs]
+Usage: splink_dedupe.py INPUT OUT.parquet [--threshold 0.9] [--count-pairs] [--blocking febrl3|nightshift]
 
 INPUT is a FEBRL CSV (rec_id, given_name, surname, ...) or a Parquet file of
 generate_people.py (rec_id, first_name, last_name, ...). The setup is the one
@@ -18,6 +18,18 @@ the Splink repository, Splink 5.0.0):
   swapped names with equal date of birth;
 - u by random sampling (max_pairs 1e6, seed 2), then m by expectation
   maximisation on the pairs blocked on date_of_birth, then on postcode.
+
+With `--blocking nightshift`, prediction uses the default blocking rules of
+nightshift's dedupe job instead (any of: postcode, first name and the first
+letter of the last name; postcode, last name and the first letter of the first
+name; the first 3 letters of the first or of the last name with the date of
+birth; the first 3 letters of both names with the birth year and month;
+soc_sec_id; its first 4 digits with the birth year and month; street and
+street number; the first 5 letters of the street with the postcode; email;
+phone, where the file has these columns), and EM blocks on the first 3 letters of the first name with the date
+of birth, then on postcode and last name, because the blocks on date of birth
+and on postcode alone grow with the square of the records. The comparisons
+and the other steps stay as above.
 
 The pairs at or above --threshold are predicted, and clustered as connected
 components at the same threshold. The output has one row per record:
@@ -53,7 +65,21 @@ def load(connection: duckdb.DuckDBPyConnection, path: str) -> duckdb.DuckDBPyRel
     return connection.sql(f"select {', '.join(columns)} from relation")
 
 
-def blocking_rules() -> list:
+def blocking_rules(blocking: str, columns: list[str]) -> list:
+    if blocking == "nightshift":
+        contact_rules = [block_on(column) for column in ["email", "phone"] if column in columns]
+        return [
+            block_on("postcode", "first_name", "substr(last_name, 1, 1)"),
+            block_on("postcode", "last_name", "substr(first_name, 1, 1)"),
+            block_on("substr(first_name, 1, 3)", "date_of_birth"),
+            block_on("substr(last_name, 1, 3)", "date_of_birth"),
+            block_on("substr(first_name, 1, 3)", "substr(last_name, 1, 3)", "substr(date_of_birth, 1, 6)"),
+            block_on("soc_sec_id"),
+            block_on("substr(soc_sec_id, 1, 4)", "substr(date_of_birth, 1, 6)"),
+            block_on("address_1", "street_number"),
+            block_on("substr(address_1, 1, 5)", "postcode"),
+            *contact_rules,
+        ]
     return [
         block_on("soc_sec_id"),
         block_on("first_name"),
@@ -63,11 +89,17 @@ def blocking_rules() -> list:
     ]
 
 
-def settings() -> SettingsCreator:
+def em_blocking_rules(blocking: str) -> list:
+    if blocking == "nightshift":
+        return [block_on("substr(first_name, 1, 3)", "date_of_birth"), block_on("postcode", "last_name")]
+    return [block_on("date_of_birth"), block_on("postcode")]
+
+
+def settings(blocking: str, columns: list[str]) -> SettingsCreator:
     return SettingsCreator(
         unique_id_column_name="rec_id",
         link_type="dedupe_only",
-        blocking_rules_to_generate_predictions=blocking_rules(),
+        blocking_rules_to_generate_predictions=blocking_rules(blocking, columns),
         comparisons=[
             cl.NameComparison("first_name"),
             cl.NameComparison("last_name"),
@@ -86,6 +118,12 @@ def main() -> None:
     parser.add_argument("out", nargs="?", help="Parquet file for record_id, cluster_id")
     parser.add_argument("--threshold", type=float, default=0.9, help="match probability for prediction and clustering")
     parser.add_argument("--count-pairs", action="store_true", help="only count the candidate pairs, exactly")
+    parser.add_argument(
+        "--blocking",
+        choices=["febrl3", "nightshift"],
+        default="febrl3",
+        help="blocking rules: those of Splink's FEBRL3 example (default) or nightshift's defaults",
+    )
     args = parser.parse_args()
     if not args.count_pairs and not args.out:
         sys.exit("OUT is missing: give the Parquet file for the clusters, or --count-pairs")
@@ -101,7 +139,7 @@ def main() -> None:
     if args.count_pairs:
         counts = count_comparisons_from_blocking_rules(
             records,
-            blocking_rules=blocking_rules(),
+            blocking_rules=blocking_rules(args.blocking, frame.columns),
             link_type="dedupe_only",
             unique_id_column_name="rec_id",
             record_sample_proportion=1.0,
@@ -110,7 +148,7 @@ def main() -> None:
         print(json.dumps({"candidate_pairs": int(pairs), "seconds": time.perf_counter() - started}))
         return
 
-    linker = Linker(records, settings())
+    linker = Linker(records, settings(args.blocking, frame.columns))
     deterministic_rules = [
         block_on("soc_sec_id"),
         block_on("first_name", "last_name", "date_of_birth"),
@@ -118,8 +156,8 @@ def main() -> None:
     ]
     linker.training.estimate_probability_two_random_records_match(deterministic_rules, recall=0.9)
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6, seed=2)
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("postcode"))
+    for rule in em_blocking_rules(args.blocking):
+        linker.training.estimate_parameters_using_expectation_maximisation(rule)
     steps["train"] = time.perf_counter() - started - sum(steps.values())
 
     predictions = linker.inference.predict(threshold_match_probability=args.threshold)

@@ -18,6 +18,9 @@
 //!    records match. Splink estimates `u` and `m` the same way, and [`train`]
 //!    describes how blocking enters `lambda`.
 //! 4. [`score`] gives each candidate pair a match weight and a probability.
+//!    For many pairs, [`pair_patterns`] compares each pair once into its
+//!    distinct level vector, [`train_patterns`] trains on the vector counts,
+//!    and [`Model::weigh`] scores each distinct vector once.
 //! 5. [`clusters`] joins the pairs at or above a chosen probability into
 //!    connected components.
 //!
@@ -1050,16 +1053,40 @@ impl MatchKeys {
                 got: record.fields.len(),
             });
         }
-        let chunks: Vec<(String, Vec<usize>)> = records
+        Self::from_values(
+            records.len(),
+            specs,
+            |field, record| records[record].fields[field].as_deref(),
+            |_, _| true,
+        )
+    }
+
+    /// Normalizes the values that `value(field, record)` returns, without
+    /// [`Record`]s, so that a caller can read its columns in place.
+    ///
+    /// A key for which `keep(field, key)` is false counts as null. Fails when
+    /// the specs are invalid or there are more than `u32::MAX` records.
+    pub fn from_values<'a>(
+        records: usize,
+        specs: &[FieldSpec],
+        value: impl Fn(usize, usize) -> Option<&'a str> + Sync,
+        keep: impl Fn(usize, &str) -> bool + Sync,
+    ) -> Result<Self, MatchError> {
+        validate(specs, &[])?;
+        if records > u32::MAX as usize {
+            return Err(MatchError::TooManyRecords { got: records });
+        }
+        let record_ids: Vec<usize> = (0..records).collect();
+        let chunks: Vec<(String, Vec<usize>)> = record_ids
             .par_chunks(4096)
             .map(|chunk| {
                 let mut text = String::new();
                 let mut lengths = Vec::with_capacity(chunk.len() * specs.len());
-                for record in chunk {
-                    for (value, spec) in record.fields.iter().zip(specs) {
-                        let key = value
-                            .as_deref()
+                for &record in chunk {
+                    for (field, spec) in specs.iter().enumerate() {
+                        let key = value(field, record)
                             .and_then(|value| spec.comparison.match_key(value))
+                            .filter(|key| keep(field, key))
                             .unwrap_or_default();
                         text.push_str(&key);
                         lengths.push(key.len());
@@ -1069,7 +1096,7 @@ impl MatchKeys {
             })
             .collect();
         let mut text = String::with_capacity(chunks.iter().map(|(text, _)| text.len()).sum());
-        let mut offsets = Vec::with_capacity(records.len() * specs.len() + 1);
+        let mut offsets = Vec::with_capacity(records * specs.len() + 1);
         offsets.push(0);
         for (chunk_text, lengths) in chunks {
             let mut end = text.len();
@@ -1083,7 +1110,7 @@ impl MatchKeys {
             specs: specs.to_vec(),
             text,
             offsets,
-            records: records.len(),
+            records,
         })
     }
 
@@ -1176,7 +1203,7 @@ pub fn clear_placeholder_values(
 }
 
 /// Returns, per field, the match keys of the placeholder values.
-fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<String>> {
+pub fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<String>> {
     specs
         .iter()
         .map(|spec| {
@@ -1237,6 +1264,20 @@ impl BlockingRule {
                 field: field.to_string(),
                 prefix: Some(length),
             }],
+        }
+    }
+
+    /// Creates a rule on several fields, each on its whole match key (`None`)
+    /// or on its first characters (`Some(length)`).
+    pub fn on_keys(keys: &[(&str, Option<usize>)]) -> Self {
+        Self {
+            keys: keys
+                .iter()
+                .map(|&(field, prefix)| BlockingKey {
+                    field: field.to_string(),
+                    prefix,
+                })
+                .collect(),
         }
     }
 
@@ -1659,6 +1700,175 @@ pub fn train_keys(
         lambda: fit.lambda,
         em_iterations: fit.iterations,
     })
+}
+
+/// The comparison patterns of candidate pairs: each distinct level vector
+/// once, and the pattern of every pair.
+///
+/// Every pair is compared once. Training counts the patterns, and scoring
+/// computes one probability per pattern, so neither compares again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairPatterns {
+    /// Distinct level vectors, sorted.
+    pub patterns: Vec<Vec<u8>>,
+    /// Number of pairs with each pattern.
+    pub counts: Vec<u64>,
+    /// Index into `patterns` of every pair, in the order of the pairs.
+    pub pair_pattern: Vec<u32>,
+}
+
+/// Pairs per parallel task when comparing candidate pairs.
+const PATTERN_CHUNK: usize = 1 << 16;
+
+/// Compares every candidate pair and returns the patterns of the pairs.
+///
+/// The pairs are compared in parallel chunks. Each chunk numbers its own
+/// patterns, and the chunk numbers are then mapped to the sorted list of all
+/// patterns, so the result does not depend on the number of threads. Memory
+/// beyond the pairs is 4 bytes per pair plus the distinct patterns.
+pub fn pair_patterns(keys: &MatchKeys, pairs: &[(u32, u32)]) -> Result<PairPatterns, MatchError> {
+    keys.check_pairs(pairs)?;
+    let field_count = keys.specs.len();
+    let mut pair_pattern = vec![0u32; pairs.len()];
+    let local_patterns: Vec<Vec<Vec<u8>>> = pairs
+        .par_chunks(PATTERN_CHUNK)
+        .zip(pair_pattern.par_chunks_mut(PATTERN_CHUNK))
+        .map(|(chunk, out)| {
+            let mut index: HashMap<Vec<u8>, u32> = HashMap::new();
+            let mut local: Vec<Vec<u8>> = Vec::new();
+            let mut levels = vec![0u8; field_count];
+            for (&(a, b), slot) in chunk.iter().zip(out.iter_mut()) {
+                keys.levels_into(a as usize, b as usize, &mut levels);
+                *slot = match index.get(levels.as_slice()) {
+                    Some(&id) => id,
+                    None => {
+                        let id = local.len() as u32;
+                        local.push(levels.clone());
+                        index.insert(levels.clone(), id);
+                        id
+                    }
+                };
+            }
+            local
+        })
+        .collect();
+
+    let mut patterns: Vec<Vec<u8>> = local_patterns.iter().flatten().cloned().collect();
+    patterns.sort_unstable();
+    patterns.dedup();
+    let global: HashMap<&[u8], u32> = patterns
+        .iter()
+        .enumerate()
+        .map(|(id, pattern)| (pattern.as_slice(), id as u32))
+        .collect();
+    let remaps: Vec<Vec<u32>> = local_patterns
+        .iter()
+        .map(|local| local.iter().map(|p| global[p.as_slice()]).collect())
+        .collect();
+    pair_pattern
+        .par_chunks_mut(PATTERN_CHUNK)
+        .zip(remaps.par_iter())
+        .for_each(|(out, remap)| {
+            for id in out {
+                *id = remap[*id as usize];
+            }
+        });
+    let mut counts = vec![0u64; patterns.len()];
+    for &id in &pair_pattern {
+        counts[id as usize] += 1;
+    }
+    Ok(PairPatterns {
+        patterns,
+        counts,
+        pair_pattern,
+    })
+}
+
+/// Trains a model on the patterns of the candidate pairs, as [`train`] does
+/// on the pairs themselves, with the same result.
+pub fn train_patterns(
+    keys: &MatchKeys,
+    patterns: &PairPatterns,
+    seed: u64,
+    u_sample_pairs: usize,
+) -> Result<Model, MatchError> {
+    if keys.records < 2 {
+        return Err(MatchError::TooFewRecords { got: keys.records });
+    }
+    if u_sample_pairs == 0 {
+        return Err(MatchError::NoSamplePairs);
+    }
+    if patterns.pair_pattern.is_empty() {
+        return Err(MatchError::NoCandidatePairs);
+    }
+    let level_counts: Vec<usize> = keys
+        .specs
+        .iter()
+        .map(|s| s.comparison.level_count())
+        .collect();
+    let start = std::time::Instant::now();
+    let sample = sample_pairs(keys.records, seed, u_sample_pairs);
+    let u = estimate_u(keys, &sample, &level_counts);
+    tracing::info!(
+        sample_pairs = sample.len(),
+        seconds = start.elapsed().as_secs_f64(),
+        "dedupe: u estimated on random pairs"
+    );
+    let start = std::time::Instant::now();
+    let counted: Vec<(Vec<u8>, u64)> = patterns
+        .patterns
+        .iter()
+        .cloned()
+        .zip(patterns.counts.iter().copied())
+        .collect();
+    let record_pairs = keys.records as f64 * (keys.records as f64 - 1.0) / 2.0;
+    let fit = expectation_maximisation(&counted, &u, record_pairs);
+    tracing::info!(
+        patterns = counted.len(),
+        iterations = fit.iterations,
+        lambda = fit.lambda,
+        seconds = start.elapsed().as_secs_f64(),
+        "dedupe: m and lambda estimated by EM"
+    );
+    let fields = keys
+        .specs
+        .iter()
+        .zip(fit.m.into_iter().zip(u))
+        .map(|(spec, (m, u))| FieldModel {
+            name: spec.name.clone(),
+            m,
+            u,
+        })
+        .collect();
+    Ok(Model {
+        fields,
+        lambda: fit.lambda,
+        em_iterations: fit.iterations,
+    })
+}
+
+impl Model {
+    /// Returns the match weight and probability of one level vector, as
+    /// [`score`] gives them to a pair with these levels.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `levels` has fewer entries than the model has fields or a
+    /// level is out of range for its field.
+    pub fn weigh(&self, levels: &[u8]) -> (f64, f64) {
+        let prior = (self.lambda / (1.0 - self.lambda)).log2();
+        let match_weight = prior
+            + self
+                .fields
+                .iter()
+                .zip(levels)
+                .map(|(field, &level)| (field.m[level as usize] / field.u[level as usize]).log2())
+                .sum::<f64>();
+        (
+            match_weight,
+            logistic(match_weight * std::f64::consts::LN_2),
+        )
+    }
 }
 
 /// SplitMix64, a small seeded generator of uniform 64-bit values.
@@ -3046,6 +3256,42 @@ mod tests {
         assert_eq!(first, second);
         let other_seed = train(&records, &specs, &blocking.pairs, 6, 50_000).unwrap();
         assert_ne!(first.fields[0].u, other_seed.fields[0].u);
+    }
+
+    #[test]
+    fn pattern_training_and_scoring_match_pairs() {
+        let (records, _) = synthetic_contacts(1500, 3);
+        let specs = synthetic_specs();
+        let keys = MatchKeys::new(&records, &specs).unwrap();
+        let blocking = block_keys(&keys, &synthetic_rules(), 200, &[]).unwrap();
+        let patterns = pair_patterns(&keys, &blocking.pairs).unwrap();
+        assert_eq!(patterns.pair_pattern.len(), blocking.pairs.len());
+        assert_eq!(
+            patterns.counts.iter().sum::<u64>(),
+            blocking.pairs.len() as u64
+        );
+        assert!(patterns.patterns.windows(2).all(|w| w[0] < w[1]));
+
+        let by_pairs = train_keys(&keys, &blocking.pairs, 5, 50_000).unwrap();
+        let by_patterns = train_patterns(&keys, &patterns, 5, 50_000).unwrap();
+        assert_eq!(by_pairs, by_patterns);
+
+        let scored = score_keys(&by_pairs, &keys, &blocking.pairs);
+        for (pair, &pattern) in scored.iter().zip(&patterns.pair_pattern) {
+            let levels = &patterns.patterns[pattern as usize];
+            assert_eq!(&pair.levels, levels);
+            let (weight, probability) = by_patterns.weigh(levels);
+            assert_eq!(weight, pair.match_weight);
+            assert_eq!(probability, pair.probability);
+        }
+    }
+
+    #[test]
+    fn pair_patterns_reject_invalid_pair() {
+        let (records, _) = synthetic_contacts(10, 3);
+        let keys = MatchKeys::new(&records, &synthetic_specs()).unwrap();
+        assert!(pair_patterns(&keys, &[(0, 10)]).is_err());
+        assert!(pair_patterns(&keys, &[(3, 3)]).is_err());
     }
 
     #[test]

@@ -28,13 +28,17 @@
 //! restores them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use polars::prelude::*;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
-use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec, Record};
+use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec};
 use crate::delta::WriteMode;
 use crate::error::{Error, Result};
 
@@ -161,11 +165,33 @@ impl Default for Params {
                 field("email", Comparison::Email),
                 field("phone", Comparison::Phone),
             ],
+            // Every rule joins keys with many distinct values, so a block
+            // holds few records and the candidate pairs grow about linearly
+            // with the records. Each kind of error (a typo in a name, swapped
+            // names, a move, a changed digit, a missing value) leaves at
+            // least one rule whose keys all still agree.
             blocking: vec![
-                BlockingRule::on(&["postcode"]),
-                BlockingRule::prefix("last_name", 3),
-                BlockingRule::on(&["first_name", "date_of_birth"]),
+                BlockingRule::on_keys(&[
+                    ("postcode", None),
+                    ("first_name", None),
+                    ("last_name", Some(1)),
+                ]),
+                BlockingRule::on_keys(&[
+                    ("postcode", None),
+                    ("last_name", None),
+                    ("first_name", Some(1)),
+                ]),
+                BlockingRule::on_keys(&[("first_name", Some(3)), ("date_of_birth", None)]),
+                BlockingRule::on_keys(&[("last_name", Some(3)), ("date_of_birth", None)]),
+                BlockingRule::on_keys(&[
+                    ("first_name", Some(3)),
+                    ("last_name", Some(3)),
+                    ("date_of_birth", Some(6)),
+                ]),
                 BlockingRule::on(&["soc_sec_id"]),
+                BlockingRule::on_keys(&[("soc_sec_id", Some(4)), ("date_of_birth", Some(6))]),
+                BlockingRule::on(&["address_1", "street_number"]),
+                BlockingRule::on_keys(&[("address_1", Some(5)), ("postcode", None)]),
                 BlockingRule::on(&["email"]),
                 BlockingRule::on(&["phone"]),
             ],
@@ -251,6 +277,40 @@ fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
     }
 }
 
+/// A contacts column as contiguous text, read in place; blank values and
+/// a missing column read as null.
+struct TextColumn(Option<StringChunked>);
+
+impl TextColumn {
+    fn new(frame: &DataFrame, name: &str) -> Result<Self> {
+        match frame.column(name) {
+            Ok(column) => {
+                let text = column.cast(&DataType::String)?;
+                Ok(Self(Some(text.str()?.rechunk().into_owned())))
+            }
+            Err(_) => Ok(Self(None)),
+        }
+    }
+
+    fn get(&self, row: usize) -> Option<&str> {
+        self.0
+            .as_ref()?
+            .get(row)
+            .filter(|value| !value.trim().is_empty())
+    }
+}
+
+/// Returns the rank of every record in the order of `key`.
+fn rank_records<K: Ord + Send>(n: usize, key: impl Fn(usize) -> K + Sync) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.par_sort_by_cached_key(|&i| key(i as usize));
+    let mut rank = vec![0u32; n];
+    for (position, &i) in order.iter().enumerate() {
+        rank[i as usize] = position as u32;
+    }
+    rank
+}
+
 /// What a cluster became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -308,20 +368,19 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             spec_names.iter().copied().collect::<Vec<_>>().join(", ")
         )));
     }
-    let mut columns = Vec::with_capacity(specs.len());
+    let phase = Instant::now();
+    // The compared columns are read in place, with no per-value copy.
+    let mut strings: Vec<TextColumn> = Vec::with_capacity(specs.len());
     for spec in &specs {
-        columns.push(text_column(&contacts, &spec.name)?);
+        strings.push(TextColumn::new(&contacts, &spec.name)?);
     }
-    let mut records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            id: ids[i].clone(),
-            fields: columns.iter().map(|c| c[i].clone()).collect(),
-        })
-        .collect();
+    let value = |field: usize, record: usize| -> Option<&str> { strings[field].get(record) };
 
     // Guards: role and shared addresses never link people.
     let mut metrics = serde_json::Map::new();
-    if let Some(email) = specs.iter().position(|s| s.name == "email") {
+    let email = specs.iter().position(|s| s.name == "email");
+    let mut left_out_emails: HashSet<String> = HashSet::new();
+    if let Some(email) = email {
         let roles: HashSet<String> = match &params.role_local_parts {
             Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
             None => crate::email::ROLE_LOCAL_PARTS
@@ -330,36 +389,64 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 .collect(),
         };
         let mut counts: HashMap<String, usize> = HashMap::new();
-        for record in &records {
-            if let Some(key) = record.fields[email]
-                .as_deref()
-                .and_then(matching::normalize_email)
-            {
+        for record in 0..n {
+            if let Some(key) = value(email, record).and_then(matching::normalize_email) {
                 *counts.entry(key).or_default() += 1;
             }
         }
-        let mut cleared = 0;
-        for record in &mut records {
-            let Some(key) = record.fields[email]
-                .as_deref()
-                .and_then(matching::normalize_email)
-            else {
-                continue;
-            };
-            let local = key.split(['@', '+']).next().unwrap_or_default();
-            if roles.contains(local) || counts[&key] > params.max_shared_email {
-                record.fields[email] = None;
-                cleared += 1;
-            }
-        }
-        metrics.insert("emails_left_out".into(), Value::from(cleared));
+        left_out_emails = counts
+            .into_iter()
+            .filter(|(key, count)| {
+                let local = key.split(['@', '+']).next().unwrap_or_default();
+                roles.contains(local) || *count > params.max_shared_email
+            })
+            .map(|(key, _)| key)
+            .collect();
     }
-    let placeholders =
-        matching::clear_placeholder_values(&mut records, &specs, &params.blocked_values);
-    metrics.insert("blocked_values_cleared".into(), Value::from(placeholders));
-
-    let keys =
-        matching::MatchKeys::new(&records, &specs).map_err(|e| Error::Data(e.to_string()))?;
+    let emails_left_out = AtomicUsize::new(0);
+    let placeholders_cleared = AtomicUsize::new(0);
+    let placeholders = matching::placeholder_keys(&specs, &params.blocked_values);
+    let keys = matching::MatchKeys::from_values(
+        n,
+        &specs,
+        |field, record| {
+            let raw = value(field, record)?;
+            if Some(field) == email
+                && !left_out_emails.is_empty()
+                && matching::normalize_email(raw).is_some_and(|key| left_out_emails.contains(&key))
+            {
+                emails_left_out.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Some(raw)
+        },
+        |field, key| {
+            let placeholder = placeholders[field].contains(key);
+            if placeholder {
+                placeholders_cleared.fetch_add(1, Ordering::Relaxed);
+            }
+            !placeholder
+        },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
+    drop(strings);
+    if email.is_some() {
+        metrics.insert(
+            "emails_left_out".into(),
+            Value::from(emails_left_out.into_inner()),
+        );
+    }
+    metrics.insert(
+        "blocked_values_cleared".into(),
+        Value::from(placeholders_cleared.into_inner()),
+    );
+    tracing::info!(
+        records = n,
+        fields = specs.len(),
+        seconds = phase.elapsed().as_secs_f64(),
+        "dedupe: match keys computed"
+    );
+    let phase = Instant::now();
     let blocked = matching::block_keys(
         &keys,
         &blocking,
@@ -367,6 +454,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         &params.blocked_values,
     )
     .map_err(|e| Error::Data(e.to_string()))?;
+    tracing::info!(
+        rules = blocking.len(),
+        candidate_pairs = blocked.pairs.len(),
+        new_pairs_per_rule = ?blocked.rule_pairs,
+        skipped_blocks = blocked.skipped_blocks.len(),
+        seconds = phase.elapsed().as_secs_f64(),
+        "dedupe: blocking done"
+    );
     metrics.insert("records".into(), Value::from(n));
     metrics.insert("candidate_pairs".into(), Value::from(blocked.pairs.len()));
     metrics.insert(
@@ -376,6 +471,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         } else {
             0.0
         }),
+    );
+    metrics.insert(
+        "candidate_pairs_per_rule".into(),
+        json!(blocking
+            .iter()
+            .zip(&blocked.rule_pairs)
+            .map(|(rule, pairs)| json!({ "rule": rule.describe(), "new_pairs": pairs }))
+            .collect::<Vec<_>>()),
     );
     metrics.insert(
         "skipped_blocks".into(),
@@ -388,9 +491,20 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     );
 
     // Score, and link what passes the threshold or a deterministic rule.
-    let mut link_info: HashMap<(u32, u32), (f64, String)> = HashMap::new();
+    // Each distinct level pattern is weighed and described once, and the
+    // pairs keep only their pattern index.
+    let mut link_info: HashMap<(u32, u32), (f64, Arc<str>)> = HashMap::new();
     if !blocked.pairs.is_empty() && n >= 2 {
-        let model = matching::train_keys(&keys, &blocked.pairs, params.seed, params.u_sample_pairs)
+        let phase = Instant::now();
+        let patterns = matching::pair_patterns(&keys, &blocked.pairs)
+            .map_err(|e| Error::Data(e.to_string()))?;
+        tracing::info!(
+            candidate_pairs = blocked.pairs.len(),
+            patterns = patterns.patterns.len(),
+            seconds = phase.elapsed().as_secs_f64(),
+            "dedupe: candidate pairs compared"
+        );
+        let model = matching::train_patterns(&keys, &patterns, params.seed, params.u_sample_pairs)
             .map_err(|e| Error::Data(format!("the match model could not be trained: {e}")))?;
         metrics.insert(
             "model".into(),
@@ -400,25 +514,53 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 "fields": model.fields.iter().map(|f| json!({"field": f.name, "m": f.m, "u": f.u})).collect::<Vec<_>>(),
             }),
         );
+        metrics.insert(
+            "comparison_patterns".into(),
+            Value::from(patterns.patterns.len()),
+        );
+        let phase = Instant::now();
         let labels: Vec<Vec<String>> = specs.iter().map(|s| s.comparison.level_labels()).collect();
-        for pair in matching::score_keys(&model, &keys, &blocked.pairs) {
-            if pair.probability >= params.threshold {
-                let described = pair
-                    .levels
-                    .iter()
-                    .enumerate()
-                    .map(|(f, level)| {
-                        format!(
-                            "{}={}",
-                            specs[f].name,
-                            labels[f].get(*level as usize).cloned().unwrap_or_default()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                link_info.insert((pair.a, pair.b), (pair.probability, described));
+        let scored: Vec<Option<(f64, Arc<str>)>> = patterns
+            .patterns
+            .iter()
+            .map(|levels| {
+                let (_, probability) = model.weigh(levels);
+                (probability >= params.threshold).then(|| {
+                    let described = levels
+                        .iter()
+                        .enumerate()
+                        .map(|(f, level)| {
+                            format!(
+                                "{}={}",
+                                specs[f].name,
+                                labels[f].get(*level as usize).cloned().unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (probability, Arc::from(described))
+                })
+            })
+            .collect();
+        let linked: Vec<((u32, u32), u32)> = blocked
+            .pairs
+            .par_iter()
+            .zip(patterns.pair_pattern.par_iter())
+            .filter(|(_, &pattern)| scored[pattern as usize].is_some())
+            .map(|(&pair, &pattern)| (pair, pattern))
+            .collect();
+        link_info.reserve(linked.len());
+        for (pair, pattern) in linked {
+            if let Some((probability, described)) = &scored[pattern as usize] {
+                link_info.insert(pair, (*probability, described.clone()));
             }
         }
+        tracing::info!(
+            links = link_info.len(),
+            threshold = params.threshold,
+            seconds = phase.elapsed().as_secs_f64(),
+            "dedupe: pairs scored"
+        );
     }
     if !deterministic.is_empty() {
         let exact = matching::block_keys(
@@ -429,10 +571,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         )
         .map_err(|e| Error::Data(e.to_string()))?;
         let names: Vec<String> = deterministic.iter().map(|r| r.describe()).collect();
+        let described: Arc<str> = Arc::from(format!("rule: same {}", names.join(" or ")));
         for pair in exact.pairs {
             link_info
                 .entry(pair)
-                .or_insert_with(|| (1.0, format!("rule: same {}", names.join(" or "))));
+                .or_insert_with(|| (1.0, described.clone()));
         }
     }
 
@@ -462,6 +605,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut links: Vec<(u32, u32)> = link_info.keys().copied().collect();
     links.sort_unstable();
     metrics.insert("links".into(), Value::from(links.len()));
+    let phase = Instant::now();
     let cluster_of = matching::clusters(n, &links);
 
     // Cluster members and fates.
@@ -501,25 +645,39 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         };
         fate.insert(*cluster, f);
     }
+    tracing::info!(
+        links = links.len(),
+        clusters_merged = fate.values().filter(|f| **f == Fate::Merged).count(),
+        clusters_held = fate.values().filter(|f| **f == Fate::Held).count(),
+        seconds = phase.elapsed().as_secs_f64(),
+        "dedupe: clusters formed"
+    );
+    let phase = Instant::now();
 
-    // Survivor: the oldest record (created_at, then contact_id).
-    let age_key = |i: u32| {
+    // Survivor: the oldest record (created_at, then contact_id). The age and
+    // recency orders are ranked once, so choosing a record compares integers.
+    let age_rank = rank_records(n, |i| {
+        (created[i].as_deref().unwrap_or("~"), ids[i].as_str())
+    });
+    let recent_rank = rank_records(n, |i| {
         (
-            created[i as usize].clone().unwrap_or_else(|| "~".into()),
-            ids[i as usize].clone(),
-        )
-    };
-    let recent_key = |i: u32| {
-        (
-            updated[i as usize]
-                .clone()
-                .or_else(|| created[i as usize].clone())
+            updated[i]
+                .as_deref()
+                .or(created[i].as_deref())
                 .unwrap_or_default(),
-            ids[i as usize].clone(),
+            ids[i].as_str(),
         )
+    });
+    let survivor = |list: &[u32]| -> u32 {
+        *list
+            .iter()
+            .min_by_key(|i| age_rank[**i as usize])
+            .unwrap_or(&list[0])
     };
-    let survivor =
-        |list: &[u32]| -> u32 { *list.iter().min_by_key(|i| age_key(**i)).unwrap_or(&list[0]) };
+    let cluster_survivor: HashMap<u32, u32> = members
+        .iter()
+        .map(|(cluster, list)| (*cluster, survivor(list)))
+        .collect();
 
     // Golden rows: per column, the row that gives its value.
     let column_names: Vec<String> = contacts
@@ -536,40 +694,56 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .copied()
             .unwrap_or(Rule::MostRecent)
     };
-    let mut golden_clusters: Vec<(u32, Vec<u32>, Fate)> = Vec::new();
+    // Golden rows as (survivor, members), in the order of the survivor ids.
+    let mut golden_clusters: Vec<(u32, &[u32])> = Vec::new();
     for (cluster, list) in &members {
         match fate[cluster] {
-            Fate::Merged => golden_clusters.push((*cluster, list.clone(), Fate::Merged)),
-            other => {
+            Fate::Merged => golden_clusters.push((cluster_survivor[cluster], list.as_slice())),
+            _ => {
                 for i in list {
-                    golden_clusters.push((*i, vec![*i], other));
+                    golden_clusters.push((*i, std::slice::from_ref(i)));
                 }
             }
         }
     }
-    golden_clusters.sort_by(|a, b| ids[survivor(&a.1) as usize].cmp(&ids[survivor(&b.1) as usize]));
+    golden_clusters.sort_by(|a, b| ids[a.0 as usize].cmp(&ids[b.0 as usize]));
     let mut out_columns: Vec<Column> = Vec::new();
-    let mut alternates: BTreeMap<String, Vec<Option<Vec<String>>>> = BTreeMap::new();
+    let mut alternates: BTreeMap<String, Column> = BTreeMap::new();
     for name in &column_names {
-        let values = text_column(&contacts, name)?;
+        let values = TextColumn::new(&contacts, name)?;
         let rule = if name == "contact_id" {
             Rule::Oldest
         } else {
             rule_of(name)
         };
         let mut take: Vec<Option<IdxSize>> = Vec::with_capacity(golden_clusters.len());
-        let mut alts: Vec<Option<Vec<String>>> = Vec::with_capacity(golden_clusters.len());
-        for (_, list, _) in &golden_clusters {
-            let surv = survivor(list);
+        let alternates_name = format!("{name}_alternates");
+        let mut alts = ListStringChunkedBuilder::new(
+            alternates_name.as_str().into(),
+            if rule == Rule::KeepAll {
+                golden_clusters.len()
+            } else {
+                0
+            },
+            0,
+        );
+        for &(surv, list) in &golden_clusters {
             if name == "contact_id" {
                 take.push(Some(surv as IdxSize));
-                alts.push(None);
+                continue;
+            }
+            // A single record gives every value and has no alternates.
+            if list.len() == 1 {
+                take.push(Some(list[0] as IdxSize));
+                if rule == Rule::KeepAll {
+                    alts.append_values_iter(std::iter::empty());
+                }
                 continue;
             }
             let non_empty: Vec<u32> = list
                 .iter()
                 .copied()
-                .filter(|i| values[*i as usize].is_some())
+                .filter(|i| values.get(*i as usize).is_some())
                 .collect();
             let chosen = if non_empty.is_empty() {
                 surv
@@ -577,25 +751,25 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 match rule {
                     Rule::MostRecent | Rule::KeepAll => *non_empty
                         .iter()
-                        .max_by_key(|i| recent_key(**i))
+                        .max_by_key(|i| recent_rank[**i as usize])
                         .unwrap_or(&surv),
                     Rule::Oldest => *non_empty
                         .iter()
-                        .min_by_key(|i| age_key(**i))
+                        .min_by_key(|i| age_rank[**i as usize])
                         .unwrap_or(&surv),
                     Rule::MostFrequent => {
                         let mut counts: HashMap<&str, usize> = HashMap::new();
                         for i in &non_empty {
                             *counts
-                                .entry(values[*i as usize].as_deref().unwrap_or_default())
+                                .entry(values.get(*i as usize).unwrap_or_default())
                                 .or_default() += 1;
                         }
                         *non_empty
                             .iter()
                             .max_by_key(|i| {
                                 (
-                                    counts[values[**i as usize].as_deref().unwrap_or_default()],
-                                    recent_key(**i),
+                                    counts[values.get(**i as usize).unwrap_or_default()],
+                                    recent_rank[**i as usize],
                                 )
                             })
                             .unwrap_or(&surv)
@@ -607,58 +781,45 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                                 .as_deref()
                                 .and_then(|s| params.source_priority.iter().position(|p| p == s))
                                 .unwrap_or(usize::MAX);
-                            (rank, std::cmp::Reverse(recent_key(**i)))
+                            (rank, std::cmp::Reverse(recent_rank[**i as usize]))
                         })
                         .unwrap_or(&surv),
                 }
             };
             take.push(Some(chosen as IdxSize));
             if rule == Rule::KeepAll {
-                let mut others: Vec<String> = non_empty
+                let mut others: Vec<&str> = non_empty
                     .iter()
                     .filter(|i| **i != chosen)
-                    .filter_map(|i| values[*i as usize].clone())
-                    .filter(|v| Some(v) != values[chosen as usize].as_ref())
+                    .filter_map(|i| values.get(*i as usize))
+                    .filter(|v| Some(*v) != values.get(chosen as usize))
                     .collect();
-                others.sort();
+                others.sort_unstable();
                 others.dedup();
-                alts.push(Some(others));
-            } else {
-                alts.push(None);
+                alts.append_values_iter(others.into_iter());
             }
         }
         let idx: IdxCa = take.into_iter().collect();
         out_columns.push(contacts.column(name)?.take(&idx)?);
         if rule == Rule::KeepAll {
-            alternates.insert(format!("{name}_alternates"), alts);
+            alternates.insert(alternates_name, alts.finish().into_column());
         }
     }
     let height = golden_clusters.len();
-    for (name, alts) in alternates {
-        let series: Vec<Option<Series>> = alts
-            .into_iter()
-            .map(|a| Some(Series::new("".into(), a.unwrap_or_default())))
-            .collect();
-        let mut column = Series::new(name.as_str().into(), series);
-        if column.dtype() != &DataType::List(Box::new(DataType::String)) {
-            column = column.cast(&DataType::List(Box::new(DataType::String)))?;
-        }
-        out_columns.push(column.into_column());
+    out_columns.extend(alternates.into_values());
+    let mut merged_ids =
+        ListStringChunkedBuilder::new("merged_ids".into(), height, golden_clusters.len());
+    for (_, list) in &golden_clusters {
+        let mut names: Vec<&str> = list.iter().map(|i| ids[*i as usize].as_str()).collect();
+        names.sort_unstable();
+        merged_ids.append_values_iter(names.into_iter());
     }
-    let merged_ids: Vec<Series> = golden_clusters
-        .iter()
-        .map(|(_, list, _)| {
-            let mut names: Vec<String> = list.iter().map(|i| ids[*i as usize].clone()).collect();
-            names.sort();
-            Series::new("".into(), names)
-        })
-        .collect();
-    out_columns.push(Series::new("merged_ids".into(), merged_ids).into_column());
+    out_columns.push(merged_ids.finish().into_column());
     out_columns.push(Column::new(
         "cluster_id".into(),
         golden_clusters
             .iter()
-            .map(|(_, list, _)| ids[survivor(list) as usize].clone())
+            .map(|(surv, _)| ids[*surv as usize].as_str())
             .collect::<Vec<_>>(),
     ));
     out_columns.push(Column::new(
@@ -668,10 +829,10 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let deduped = DataFrame::new(height, out_columns)?;
 
     // The merge map: every contact, its survivor and why.
-    let mut best: HashMap<u32, (f64, u32, String)> = HashMap::new();
+    let mut best: HashMap<u32, (f64, u32, Arc<str>)> = HashMap::new();
     for ((a, b), (p, why)) in &link_info {
         for (me, other) in [(*a, *b), (*b, *a)] {
-            let entry = best.entry(me).or_insert((-1.0, other, String::new()));
+            let entry = best.entry(me).or_insert((-1.0, other, Arc::from("")));
             if *p > entry.0 || (*p == entry.0 && other < entry.1) {
                 *entry = (*p, other, why.clone());
             }
@@ -682,16 +843,16 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut map_cluster = Vec::with_capacity(n);
     let mut map_status = Vec::with_capacity(n);
     let mut map_probability: Vec<Option<f64>> = Vec::with_capacity(n);
-    let mut map_linked_to: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut map_linked_by: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut map_linked_to: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut map_linked_by: Vec<Option<&str>> = Vec::with_capacity(n);
     for i in 0..n as u32 {
         let cluster = cluster_of[i as usize];
-        let list = &members[&cluster];
         let f = fate[&cluster];
-        let surv = if f == Fate::Merged { survivor(list) } else { i };
-        map_contact.push(ids[i as usize].clone());
-        map_survivor.push(ids[surv as usize].clone());
-        map_cluster.push(ids[survivor(list) as usize].clone());
+        let cluster_surv = cluster_survivor[&cluster];
+        let surv = if f == Fate::Merged { cluster_surv } else { i };
+        map_contact.push(ids[i as usize].as_str());
+        map_survivor.push(ids[surv as usize].as_str());
+        map_cluster.push(ids[cluster_surv as usize].as_str());
         map_status.push(match f {
             Fate::Single => "single",
             Fate::Merged if surv == i => "survivor",
@@ -701,8 +862,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         match best.get(&i) {
             Some((p, other, why)) => {
                 map_probability.push(Some(*p));
-                map_linked_to.push(Some(ids[*other as usize].clone()));
-                map_linked_by.push(Some(why.clone()));
+                map_linked_to.push(Some(ids[*other as usize].as_str()));
+                map_linked_by.push(Some(&**why));
             }
             None => {
                 map_probability.push(None);
@@ -776,6 +937,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .take(20)
             .map(|(size, cluster, names)| json!({ "cluster": cluster, "records": size, "contacts": names }))
             .collect::<Vec<_>>()),
+    );
+    tracing::info!(
+        golden_records = height,
+        seconds = phase.elapsed().as_secs_f64(),
+        "dedupe: golden records, merge map and ledger built"
     );
     let mut result = JobResult {
         metrics,
