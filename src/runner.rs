@@ -286,7 +286,13 @@ fn execute(
         last_success,
         dry_run: options.dry_run,
     };
+    let job_started = std::time::Instant::now();
     let result = (pipeline.kind.run)(&context)?;
+    tracing::debug!(
+        pipeline = %pipeline.name,
+        seconds = job_started.elapsed().as_secs_f64(),
+        "job finished"
+    );
     manifest.metrics = result.metrics.clone();
     for (role, from) in &result.incremental_from {
         if let Some(record) = manifest.inputs.iter_mut().find(|i| &i.role == role) {
@@ -303,6 +309,7 @@ fn execute(
         records.push(describe_output(role, output, new, known)?);
     }
     manifest.outputs = records;
+    tracing::debug!(pipeline = %pipeline.name, "outputs compared with their previous versions");
 
     if options.skip_gates {
         manifest.gates_skipped = true;
@@ -317,7 +324,13 @@ fn execute(
         return Ok(());
     }
     let fail_after_commit = result.fail_after_commit.clone();
+    let commit_started = std::time::Instant::now();
     commit_outputs(pipeline, outputs, result, manifest)?;
+    tracing::debug!(
+        pipeline = %pipeline.name,
+        seconds = commit_started.elapsed().as_secs_f64(),
+        "outputs written and committed"
+    );
     if let Some(message) = fail_after_commit {
         return Err(Error::Data(format!(
             "{message} (the results received were committed)"
