@@ -740,6 +740,16 @@ fn customer_runs(keys: &mut [OrderKey], ids: &[&str]) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// A column of the per-customer frame, built from the totals of each
+/// customer (or, for a revenue window, from the customer's orders since a
+/// time in microseconds).
+enum ColumnSpec<'a> {
+    Int(&'static str, fn(&CustomerTotals) -> i64),
+    Time(&'static str, fn(&CustomerTotals) -> i64),
+    Money(&'static str, fn(&CustomerTotals) -> i64),
+    Window(&'a String, i64),
+}
+
 /// Historic value and transaction days per customer: one row per customer
 /// with a counted order.
 ///
@@ -803,51 +813,83 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
         .map(|&(start, end)| CustomerTotals::of(&keys[start..end]))
         .collect();
 
+    // The columns are built in parallel: each is a pass over the totals
+    // into fresh memory, and one after another they took about a fifth
+    // of the aggregation at 1M customers.
     let n = totals.len();
-    let int = |name: &str, value: fn(&CustomerTotals) -> i64| {
-        Column::new(name.into(), totals.iter().map(value).collect::<Vec<_>>())
-    };
-    let money = |name: &str, value: fn(&CustomerTotals) -> i64| {
-        Column::new(
-            name.into(),
-            totals
-                .iter()
-                .map(|t| value(t) as f64 / AMOUNT_UNITS)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let mut columns = vec![
-        counted.column("contact_id")?.take(&IdxCa::from_vec(
-            "".into(),
-            totals.iter().map(|t| t.row as IdxSize).collect(),
-        ))?,
-        int("first_order_at", |t| t.first_micros).cast(&timestamp_type)?,
-        int("last_order_at", |t| t.last_micros).cast(&timestamp_type)?,
-        int("orders", |t| t.orders),
-        money("revenue_lifetime", |t| t.units),
+    let windows: Vec<(String, i64)> = params
+        .revenue_windows_days
+        .iter()
+        .map(|days| {
+            let since = as_of.end_micros - i64::from(*days) * MICROS_PER_DAY;
+            (format!("revenue_{days}d"), since)
+        })
+        .collect();
+    let mut specs: Vec<ColumnSpec> = vec![
+        ColumnSpec::Time("first_order_at", |t| t.first_micros),
+        ColumnSpec::Time("last_order_at", |t| t.last_micros),
+        ColumnSpec::Int("orders", |t| t.orders),
+        ColumnSpec::Money("revenue_lifetime", |t| t.units),
     ];
-    for days in &params.revenue_windows_days {
-        let since = as_of.end_micros - i64::from(*days) * MICROS_PER_DAY;
-        let sums: Vec<f64> = runs
-            .par_iter()
-            .map(|&(start, end)| {
-                let sum: i64 = keys[start..end]
-                    .iter()
-                    .filter(|key| key.micros >= since)
-                    .map(|key| key.units)
-                    .sum();
-                sum as f64 / AMOUNT_UNITS
-            })
-            .collect();
-        columns.push(Column::new(format!("revenue_{days}d").into(), sums));
-    }
-    columns.extend([
-        int("first_day", |t| t.first_day),
-        int("last_day", |t| t.last_day),
-        int("purchase_days", |t| t.days),
-        money("total_value", |t| t.units),
-        money("first_value", |t| t.first_day_units),
+    specs.extend(
+        windows
+            .iter()
+            .map(|(name, since)| ColumnSpec::Window(name, *since)),
+    );
+    specs.extend([
+        ColumnSpec::Int("first_day", |t| t.first_day),
+        ColumnSpec::Int("last_day", |t| t.last_day),
+        ColumnSpec::Int("purchase_days", |t| t.days),
+        ColumnSpec::Money("total_value", |t| t.units),
+        ColumnSpec::Money("first_value", |t| t.first_day_units),
     ]);
+    let money = |units: i64| units as f64 / AMOUNT_UNITS;
+    let (ids, built) = rayon::join(
+        || {
+            counted.column("contact_id")?.take(&IdxCa::from_vec(
+                "".into(),
+                totals.iter().map(|t| t.row as IdxSize).collect(),
+            ))
+        },
+        || {
+            specs
+                .par_iter()
+                .map(|spec| -> Result<Column> {
+                    Ok(match spec {
+                        ColumnSpec::Int(name, value) => Column::new(
+                            (*name).into(),
+                            totals.iter().map(value).collect::<Vec<_>>(),
+                        ),
+                        ColumnSpec::Time(name, value) => Column::new(
+                            (*name).into(),
+                            totals.iter().map(value).collect::<Vec<_>>(),
+                        )
+                        .cast(&timestamp_type)?,
+                        ColumnSpec::Money(name, value) => Column::new(
+                            (*name).into(),
+                            totals.iter().map(|t| money(value(t))).collect::<Vec<_>>(),
+                        ),
+                        ColumnSpec::Window(name, since) => Column::new(
+                            name.as_str().into(),
+                            runs.iter()
+                                .map(|&(start, end)| {
+                                    money(
+                                        keys[start..end]
+                                            .iter()
+                                            .filter(|key| key.micros >= *since)
+                                            .map(|key| key.units)
+                                            .sum(),
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<Column>>>()
+        },
+    );
+    let mut columns = vec![ids?];
+    columns.extend(built?);
     Ok(DataFrame::new(n, columns)?)
 }
 
@@ -991,14 +1033,23 @@ fn build_output(
         .map(|micros| as_of.day - micros.div_euclid(MICROS_PER_DAY))
         .collect();
 
-    let recency_score = quintile_scores(
-        &recency_days
-            .iter()
-            .map(|d| -(*d as f64))
-            .collect::<Vec<_>>(),
+    // Each score sorts every customer, so the three sorts run in parallel.
+    let (recency_score, (frequency_score, monetary_score)) = rayon::join(
+        || {
+            quintile_scores(
+                &recency_days
+                    .iter()
+                    .map(|d| -(*d as f64))
+                    .collect::<Vec<_>>(),
+            )
+        },
+        || {
+            rayon::join(
+                || quintile_scores(&orders.iter().map(|o| *o as f64).collect::<Vec<_>>()),
+                || quintile_scores(&revenue),
+            )
+        },
     );
-    let frequency_score = quintile_scores(&orders.iter().map(|o| *o as f64).collect::<Vec<_>>());
-    let monetary_score = quintile_scores(&revenue);
 
     let new_days = i64::from(params.new_customer_days);
     let cohort: Vec<&str> = inputs
