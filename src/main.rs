@@ -69,11 +69,11 @@ fn restore_default_sigpipe() {}
 /// Turns transparent huge pages off for this process. mimalloc requests
 /// them with madvise(MADV_HUGEPAGE), so every page fault in memory that it
 /// returned to the system and reuses zeroes a whole 2 MiB page. Polars
-/// frees and allocates large buffers at a high rate: with huge pages on,
+/// frees and allocates large buffers at a high rate. With huge pages on,
 /// zeroing pages took about 40% of the CPU time of the list_refresh job at
-/// 10M contacts and of the clv job at 1M customers (perf on 2 cores), and
-/// the suppression job at 10M contacts peaked higher and spent 8.2 s of
-/// system time against 4.6 s without them.
+/// 10M contacts and of the clv job at 1M customers (perf on 2 cores). The
+/// suppression job at 10M contacts peaked higher and spent 8.2 s of
+/// system time with them, against 4.6 s without.
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers. A

@@ -298,7 +298,7 @@ fn mass_bounce_guard_holds_a_dominant_domain() {
 }
 
 #[test]
-fn sendable_contacts_are_sorted_whatever_the_order_of_contacts() {
+fn sendable_contacts_sorted_from_unsorted_input() {
     let project = Project::new();
     ingest_events(
         &project,

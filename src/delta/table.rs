@@ -32,16 +32,16 @@ use crate::warehouse::{PutOutcome, Warehouse};
 /// The maximum number of rows nightshift writes into one data file.
 pub const MAX_ROWS_PER_FILE: usize = 1_000_000;
 
-/// The fewest rows a write splits into more than one file to keep every
-/// thread encoding.
+/// The minimum rows per file when a write is split into a file per
+/// thread.
 const MIN_ROWS_PER_FILE: usize = 100_000;
 
 /// Returns how many rows go into each data file of a write of `height`
-/// rows. Polars encodes the columns of one file with little parallelism,
-/// so a write gets at least one file per thread where that keeps files of
-/// [`MIN_ROWS_PER_FILE`] rows or more: the clv table of 1M customers (25
-/// columns) took 0.6 s to encode as one file and 0.35 s as two, on 2
-/// cores.
+/// rows. Polars encodes the columns of one file with little parallelism.
+/// So a write gets at least one file per thread, as long as each file
+/// keeps [`MIN_ROWS_PER_FILE`] rows or more. On 2 cores, the clv table of
+/// 1M customers (25 columns) took 0.6 s to encode as one file and 0.35 s
+/// as two.
 fn rows_per_file(height: usize, threads: usize) -> usize {
     height
         .div_ceil(threads.max(1))

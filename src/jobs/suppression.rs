@@ -1202,8 +1202,8 @@ fn run_with_contacts(
     // Sendable contacts: a valid address on no active suppression.
     if let Some(contacts) = contacts {
         // The contacts are in memory already, and the active list is small
-        // beside them, so a filter with a set lookup keeps memory to the
-        // result; a join and a sort would each hold another copy of it.
+        // beside them. A filter with a set lookup keeps memory to the
+        // result, where a join and a sort would each hold another copy.
         let suppressed = active_list
             .column("email_normalized")?
             .as_materialized_series();
