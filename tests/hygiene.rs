@@ -75,6 +75,18 @@ fn field(frame: &DataFrame, key: &str, column: &str) -> AnyValue<'static> {
     row.column(column).unwrap().get(0).unwrap().into_static()
 }
 
+/// Returns the contact ids of `frame`, in its order.
+fn contact_ids(frame: &DataFrame) -> Vec<&str> {
+    frame
+        .column("contact_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect()
+}
+
 fn event_ids(frame: &DataFrame, key: &str) -> Vec<String> {
     match field(frame, key, "event_ids") {
         AnyValue::List(series) => series
@@ -314,15 +326,7 @@ fn sendable_contacts_sorted_from_unsorted_input() {
     let manifest = run(&project, &["suppression"]);
     assert_eq!(manifest["metrics"]["sendable_contacts"], 3);
     let sendable = read(&project, "sendable_contacts");
-    let ids: Vec<&str> = sendable
-        .column("contact_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    assert_eq!(ids, vec!["c1", "c5", "c9"]);
+    assert_eq!(contact_ids(&sendable), vec!["c1", "c5", "c9"]);
 }
 
 #[test]
@@ -371,15 +375,7 @@ fn address_rules_manual_entries_and_sendable_contacts() {
         AnyValue::StringOwned("invalid_address".into())
     );
     let sendable = read(&project, "sendable_contacts");
-    let ids: Vec<&str> = sendable
-        .column("contact_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    assert_eq!(ids, vec!["c1", "c6"]);
+    assert_eq!(contact_ids(&sendable), vec!["c1", "c6"]);
     assert_eq!(
         sendable.column("email").unwrap().str().unwrap().get(1),
         Some("Jo.Doe+news@googlemail.com"),
@@ -416,15 +412,7 @@ fn address_rules_manual_entries_and_sendable_contacts() {
     assert!(out.status.success(), "{}", stderr(&out));
     let manifest = run(&project, &["suppression"]);
     let sendable = read(&project, "sendable_contacts");
-    let ids: Vec<&str> = sendable
-        .column("contact_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    assert_eq!(ids, vec!["c2", "c6"]);
+    assert_eq!(contact_ids(&sendable), vec!["c2", "c6"]);
     let record = manifest["outputs"]
         .as_array()
         .unwrap()

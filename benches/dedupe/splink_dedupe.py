@@ -20,14 +20,19 @@ the Splink repository, Splink 5.0.0):
   maximisation on the pairs blocked on date_of_birth, then on postcode.
 
 With `--blocking nightshift`, prediction uses the default blocking rules of
-nightshift's dedupe job instead (any of: postcode, first name and the first
-letter of the last name; postcode, last name and the first letter of the first
-name; the first 3 letters of the first or of the last name with the date of
-birth; the first 3 letters of both names with the birth year and month;
-soc_sec_id; its first 4 digits with the birth year and month; street and
-street number; the first 5 letters of the street with the postcode; email;
-phone, where the file has these columns), and EM blocks on the first 3 letters of the first name with the date
-of birth, then on postcode and last name, because the blocks on date of birth
+nightshift's dedupe job instead, where the file has their columns. A pair is
+a candidate when it agrees on any of:
+- postcode, first name and the first letter of the last name;
+- postcode, last name and the first letter of the first name;
+- the first 3 letters of the first or of the last name, with the date of
+  birth;
+- the first 3 letters of both names, with the birth year and month;
+- soc_sec_id, or its first 4 digits with the birth year and month;
+- street and street number, or the first 5 letters of the street with the
+  postcode;
+- email; phone.
+EM then blocks on the first 3 letters of the first name with the date of
+birth, and on postcode and last name, because the blocks on date of birth
 and on postcode alone grow with the square of the records. The comparisons
 and the other steps stay as above.
 

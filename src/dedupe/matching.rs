@@ -1663,27 +1663,64 @@ pub fn train_keys(
     seed: u64,
     u_sample_pairs: usize,
 ) -> Result<Model, MatchError> {
+    check_training_input(keys, pairs.len(), u_sample_pairs)?;
+    keys.check_pairs(pairs)?;
+    let patterns = level_patterns(keys, pairs);
+    Ok(fit_model(keys, &patterns, seed, u_sample_pairs))
+}
+
+/// Fails when a model cannot be trained: fewer than two records, no pairs
+/// to sample for `u`, or no candidate pairs.
+fn check_training_input(
+    keys: &MatchKeys,
+    candidate_pairs: usize,
+    u_sample_pairs: usize,
+) -> Result<(), MatchError> {
     if keys.records < 2 {
         return Err(MatchError::TooFewRecords { got: keys.records });
     }
     if u_sample_pairs == 0 {
         return Err(MatchError::NoSamplePairs);
     }
-    if pairs.is_empty() {
+    if candidate_pairs == 0 {
         return Err(MatchError::NoCandidatePairs);
     }
-    keys.check_pairs(pairs)?;
+    Ok(())
+}
 
+/// Estimates `u` from random pairs and `m` and `lambda` by EM on the counts
+/// of the candidate pairs' level vectors (`patterns`).
+fn fit_model(
+    keys: &MatchKeys,
+    patterns: &[(Vec<u8>, u64)],
+    seed: u64,
+    u_sample_pairs: usize,
+) -> Model {
     let level_counts: Vec<usize> = keys
         .specs
         .iter()
         .map(|s| s.comparison.level_count())
         .collect();
+
+    let start = std::time::Instant::now();
     let sample = sample_pairs(keys.records, seed, u_sample_pairs);
     let u = estimate_u(keys, &sample, &level_counts);
-    let patterns = level_patterns(keys, pairs);
+    tracing::info!(
+        sample_pairs = sample.len(),
+        seconds = start.elapsed().as_secs_f64(),
+        "dedupe: u estimated on random pairs"
+    );
+
+    let start = std::time::Instant::now();
     let record_pairs = keys.records as f64 * (keys.records as f64 - 1.0) / 2.0;
-    let fit = expectation_maximisation(&patterns, &u, record_pairs);
+    let fit = expectation_maximisation(patterns, &u, record_pairs);
+    tracing::info!(
+        patterns = patterns.len(),
+        iterations = fit.iterations,
+        lambda = fit.lambda,
+        seconds = start.elapsed().as_secs_f64(),
+        "dedupe: m and lambda estimated by EM"
+    );
 
     let fields = keys
         .specs
@@ -1695,11 +1732,11 @@ pub fn train_keys(
             u,
         })
         .collect();
-    Ok(Model {
+    Model {
         fields,
         lambda: fit.lambda,
         em_iterations: fit.iterations,
-    })
+    }
 }
 
 /// The comparison patterns of candidate pairs: each distinct level vector
@@ -1792,59 +1829,14 @@ pub fn train_patterns(
     seed: u64,
     u_sample_pairs: usize,
 ) -> Result<Model, MatchError> {
-    if keys.records < 2 {
-        return Err(MatchError::TooFewRecords { got: keys.records });
-    }
-    if u_sample_pairs == 0 {
-        return Err(MatchError::NoSamplePairs);
-    }
-    if patterns.pair_pattern.is_empty() {
-        return Err(MatchError::NoCandidatePairs);
-    }
-    let level_counts: Vec<usize> = keys
-        .specs
-        .iter()
-        .map(|s| s.comparison.level_count())
-        .collect();
-    let start = std::time::Instant::now();
-    let sample = sample_pairs(keys.records, seed, u_sample_pairs);
-    let u = estimate_u(keys, &sample, &level_counts);
-    tracing::info!(
-        sample_pairs = sample.len(),
-        seconds = start.elapsed().as_secs_f64(),
-        "dedupe: u estimated on random pairs"
-    );
-    let start = std::time::Instant::now();
+    check_training_input(keys, patterns.pair_pattern.len(), u_sample_pairs)?;
     let counted: Vec<(Vec<u8>, u64)> = patterns
         .patterns
         .iter()
         .cloned()
         .zip(patterns.counts.iter().copied())
         .collect();
-    let record_pairs = keys.records as f64 * (keys.records as f64 - 1.0) / 2.0;
-    let fit = expectation_maximisation(&counted, &u, record_pairs);
-    tracing::info!(
-        patterns = counted.len(),
-        iterations = fit.iterations,
-        lambda = fit.lambda,
-        seconds = start.elapsed().as_secs_f64(),
-        "dedupe: m and lambda estimated by EM"
-    );
-    let fields = keys
-        .specs
-        .iter()
-        .zip(fit.m.into_iter().zip(u))
-        .map(|(spec, (m, u))| FieldModel {
-            name: spec.name.clone(),
-            m,
-            u,
-        })
-        .collect();
-    Ok(Model {
-        fields,
-        lambda: fit.lambda,
-        em_iterations: fit.iterations,
-    })
+    Ok(fit_model(keys, &counted, seed, u_sample_pairs))
 }
 
 impl Model {

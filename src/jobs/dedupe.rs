@@ -277,8 +277,8 @@ fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
     }
 }
 
-/// A contacts column as contiguous text, read in place; blank values and
-/// a missing column read as null.
+/// A contacts column as contiguous text, read in place. Blank values and a
+/// missing column read as null.
 struct TextColumn(Option<StringChunked>);
 
 impl TextColumn {
