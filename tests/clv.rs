@@ -192,6 +192,65 @@ fn historic_values_follow_the_orders() {
 }
 
 #[test]
+fn segments_take_the_first_matching_rule() {
+    let project = Project::new();
+    let file = project.write(
+        "orders.csv",
+        "order_id,contact_id,ordered_at,amount,currency,status\n\
+         o1,a-longer-contact-id-1,2026-01-10T10:00:00Z,10,USD,completed\n\
+         o2,a-longer-contact-id-1,2026-02-10T10:00:00Z,10,USD,completed\n\
+         o3,a-longer-contact-id-1,2026-03-10T10:00:00Z,10,USD,completed\n\
+         o4,c2,2026-01-10T10:00:00Z,10,USD,completed\n\
+         o5,c2,2026-02-10T10:00:00Z,10,USD,completed\n\
+         o6,c3,2026-06-01T10:00:00Z,10,USD,completed\n\
+         o7,a-longer-contact-id-4,2026-01-01T10:00:00Z,10,USD,completed\n",
+    );
+    let out = project.run(&["ingest", "orders", &file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    clv_pipeline(
+        &project,
+        "as_of = \"2026-06-30\"\nmin_repeat_customers = 5000\n\
+         default_segment = \"repeat\"\n\
+         segments = [{ name = \"big\", rule = \"orders >= 3\" }, \
+         { name = \"repeat\", rule = \"orders >= 2\" }]",
+    );
+    let manifest = run_clv(&project);
+    let metrics = &manifest["metrics"];
+    // The default segment shares its name with a rule: one count.
+    assert_eq!(
+        metrics["segments"],
+        serde_json::json!({"big": 1, "repeat": 3})
+    );
+    assert_eq!(
+        metrics["cohorts"],
+        serde_json::json!({"new": 1, "one_time": 1, "repeat": 2})
+    );
+    let values = read_values(&project)
+        .sort(["contact_id"], SortMultipleOptions::default())
+        .unwrap();
+    let column = |name: &str| -> Vec<String> {
+        values
+            .column(name)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|value| value.unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        column("contact_id"),
+        ["a-longer-contact-id-1", "a-longer-contact-id-4", "c2", "c3"]
+    );
+    assert_eq!(column("rfm_segment"), ["big", "repeat", "repeat", "repeat"]);
+    assert_eq!(column("cohort"), ["repeat", "one_time", "repeat", "new"]);
+    assert_eq!(
+        values.column("orders").unwrap().i64().unwrap().get(0),
+        Some(3)
+    );
+}
+
+#[test]
 fn thin_data_skips_predictions_and_says_why() {
     let project = project_with_orders();
     clv_pipeline(

@@ -453,8 +453,8 @@ impl Table {
                 .collect()
         };
         // Encoding takes most of the time of a large write, and the files
-        // are independent, so they are encoded in parallel.
-        let buffers: Vec<Result<Vec<u8>>> = chunks
+        // are independent, so each is encoded and stored in parallel.
+        chunks
             .par_iter()
             .map(|(offset, length)| {
                 let mut chunk = df.slice(*offset as i64, *length);
@@ -463,26 +463,20 @@ impl Table {
                 ParquetWriter::new(&mut buffer)
                     .with_compression(ParquetCompression::Zstd(Some(level)))
                     .finish(&mut chunk)?;
-                Ok(buffer)
+                let name = format!("part-{}.parquet", uuid::Uuid::now_v7());
+                let size = buffer.len() as i64;
+                self.warehouse
+                    .put(&self.file_path(&name), Bytes::from(buffer))?;
+                Ok(Add {
+                    path: name,
+                    partition_values: Map::new(),
+                    size,
+                    modification_time: now_millis(),
+                    data_change: true,
+                    stats: Some(json!({ "numRecords": length }).to_string()),
+                })
             })
-            .collect();
-        let mut adds = Vec::with_capacity(chunks.len());
-        for ((_, length), buffer) in chunks.iter().zip(buffers) {
-            let buffer = buffer?;
-            let name = format!("part-{}.parquet", uuid::Uuid::now_v7());
-            let size = buffer.len() as i64;
-            self.warehouse
-                .put(&self.file_path(&name), Bytes::from(buffer))?;
-            adds.push(Add {
-                path: name,
-                partition_values: Map::new(),
-                size,
-                modification_time: now_millis(),
-                data_change: true,
-                stats: Some(json!({ "numRecords": length }).to_string()),
-            });
-        }
-        Ok(adds)
+            .collect()
     }
 
     /// Stages a write of `df`, based on version `base` (`None`: the table

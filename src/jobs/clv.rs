@@ -334,25 +334,6 @@ pub fn counted_orders(orders: LazyFrame, end_micros: i64) -> LazyFrame {
         )
 }
 
-/// Per-customer transaction days: the first and last day, the number of
-/// days, and the total and first-day value.
-pub fn transaction_days(counted: LazyFrame) -> LazyFrame {
-    counted
-        .group_by([col("contact_id"), col("day")])
-        .agg([col("amount").sum().alias("value")])
-        .group_by([col("contact_id")])
-        .agg([
-            col("day").min().alias("first_day"),
-            col("day").max().alias("last_day"),
-            len().cast(DataType::Int64).alias("purchase_days"),
-            col("value").sum().alias("total_value"),
-            col("value")
-                .sort_by([col("day")], SortMultipleOptions::default())
-                .first()
-                .alias("first_value"),
-        ])
-}
-
 /// The models' view of customers, in the model's unit of time.
 #[derive(Debug, Default, Clone)]
 pub struct ModelInputs {
@@ -364,42 +345,31 @@ pub struct ModelInputs {
 }
 
 impl ModelInputs {
-    /// Builds the inputs from the columns of [`transaction_days`].
-    fn from_days(
-        first_day: &[Option<i64>],
-        last_day: &[Option<i64>],
-        purchase_days: &[Option<i64>],
-        total_value: &[Option<f64>],
-        first_value: &[Option<f64>],
-        as_of_day: i64,
-        unit: TimeUnit,
-    ) -> Self {
-        let n = first_day.len();
-        let mut inputs = ModelInputs {
-            frequency: Vec::with_capacity(n),
-            recency: Vec::with_capacity(n),
-            age: Vec::with_capacity(n),
-            repeat_value: Vec::with_capacity(n),
-        };
+    /// Builds the inputs from each customer's transaction days.
+    fn from_totals(totals: &[CustomerTotals], as_of_day: i64, unit: TimeUnit) -> Self {
         let days = unit.days();
-        for i in 0..n {
-            let (Some(first), Some(last), Some(count)) =
-                (first_day[i], last_day[i], purchase_days[i])
-            else {
-                continue;
-            };
-            let x = (count - 1) as f64;
-            inputs.frequency.push(x);
-            inputs.recency.push((last - first) as f64 / days);
-            inputs.age.push((as_of_day - first) as f64 / days);
-            let repeat = if count > 1 {
-                (total_value[i].unwrap_or(0.0) - first_value[i].unwrap_or(0.0)) / x
-            } else {
-                0.0
-            };
-            inputs.repeat_value.push(repeat);
+        let money = |units: i64| units as f64 / AMOUNT_UNITS;
+        let ((frequency, recency), (age, repeat_value)) = totals
+            .par_iter()
+            .map(|t| {
+                let x = (t.days - 1) as f64;
+                let repeat = if t.days > 1 {
+                    (money(t.units) - money(t.first_day_units)) / x
+                } else {
+                    0.0
+                };
+                (
+                    (x, (t.last_day - t.first_day) as f64 / days),
+                    ((as_of_day - t.first_day) as f64 / days, repeat),
+                )
+            })
+            .unzip();
+        ModelInputs {
+            frequency,
+            recency,
+            age,
+            repeat_value,
         }
-        inputs
     }
 }
 
@@ -525,7 +495,10 @@ fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Resu
         .par_iter()
         .map(|&(x, t)| alive_forecast(&bg, x, t, params))
         .collect();
-    let rows: Vec<(Option<f64>, f64, f64, f64)> = (0..inputs.frequency.len())
+    let ((probability_alive, expected_purchases), (expected_order_value, clv)): (
+        (Vec<Option<f64>>, Vec<f64>),
+        (Vec<f64>, Vec<f64>),
+    ) = (0..inputs.frequency.len())
         .into_par_iter()
         .map(|i| {
             let (x, t_x, t) = (inputs.frequency[i], inputs.recency[i], inputs.age[i]);
@@ -538,32 +511,30 @@ fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Resu
                 gg.conditional_expected_value(0.0, 0.0)
             };
             (
-                (x > 0.0).then_some(alive),
-                alive * horizon_purchases,
-                value,
-                value * alive * discounted_purchases,
+                ((x > 0.0).then_some(alive), alive * horizon_purchases),
+                (value, value * alive * discounted_purchases),
             )
         })
-        .collect();
-    let mut predictions = Predictions::default();
-    for (i, (alive, purchases, value, clv)) in rows.into_iter().enumerate() {
-        let finite = alive.is_none_or(f64::is_finite)
-            && purchases.is_finite()
-            && value.is_finite()
-            && clv.is_finite();
-        if !finite {
-            return Err(Error::Data(format!(
-                "the models gave a non-finite prediction for a customer with frequency {}, \
-                 recency {:.2} and age {:.2}; no prediction is written",
-                inputs.frequency[i], inputs.recency[i], inputs.age[i]
-            )));
-        }
-        predictions.probability_alive.push(alive);
-        predictions.expected_purchases.push(purchases);
-        predictions.expected_order_value.push(value);
-        predictions.clv.push(clv);
+        .unzip();
+    let not_finite = (0..clv.len()).into_par_iter().find_first(|&i| {
+        !(probability_alive[i].is_none_or(f64::is_finite)
+            && expected_purchases[i].is_finite()
+            && expected_order_value[i].is_finite()
+            && clv[i].is_finite())
+    });
+    if let Some(i) = not_finite {
+        return Err(Error::Data(format!(
+            "the models gave a non-finite prediction for a customer with frequency {}, \
+             recency {:.2} and age {:.2}; no prediction is written",
+            inputs.frequency[i], inputs.recency[i], inputs.age[i]
+        )));
     }
-    Ok(predictions)
+    Ok(Predictions {
+        probability_alive,
+        expected_purchases,
+        expected_order_value,
+        clv,
+    })
 }
 
 /// Quintile scores 1 to 5: a value's score is 1 + 5 * (the share of values
@@ -595,15 +566,6 @@ fn column_i64(frame: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
         .column(name)?
         .cast(&DataType::Int64)?
         .i64()?
-        .iter()
-        .collect())
-}
-
-fn column_f64(frame: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
-    Ok(frame
-        .column(name)?
-        .cast(&DataType::Float64)?
-        .f64()?
         .iter()
         .collect())
 }
@@ -687,9 +649,33 @@ fn id_hash(id: &str) -> u64 {
     hash ^ (hash >> 31)
 }
 
+/// The one array of the contact_id column of the counted orders.
+type IdArray = <StringType as PolarsDataType>::Array;
+
+/// Whether rows `a` and `b` of `ids` hold the same id. An id of up to 12
+/// bytes lies within its 16-byte view, after the length, so two such views
+/// are compared as numbers over the length and the id's bytes.
+fn same_id(ids: &IdArray, a: usize, b: usize) -> bool {
+    let (view_a, view_b) = (ids.views()[a], ids.views()[b]);
+    if view_a.length != view_b.length {
+        return false;
+    }
+    if view_a.is_inline() {
+        let bits = 8 * (4 + view_a.length);
+        let mask = if bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
+        (view_a.as_u128() ^ view_b.as_u128()) & mask == 0
+    } else {
+        view_a.prefix == view_b.prefix && ids.value(a) == ids.value(b)
+    }
+}
+
 /// Returns the ranges of `keys` (sorted by hash) that contain one customer
 /// each. Two ids with the same hash are first sorted apart by id.
-fn customer_runs(keys: &mut [OrderKey], ids: &[&str]) -> Vec<(usize, usize)> {
+fn customer_runs(keys: &mut [OrderKey], ids: &IdArray) -> Vec<(usize, usize)> {
     // Pieces that end where the hash changes are split up in parallel.
     let pieces = rayon::current_num_threads() * 8;
     let size = (keys.len() / pieces).max(1);
@@ -718,15 +704,18 @@ fn customer_runs(keys: &mut [OrderKey], ids: &[&str]) -> Vec<(usize, usize)> {
                     end += 1;
                 }
                 let run = &mut piece[start..end];
-                let id = ids[run[0].row as usize];
-                if run.iter().all(|key| ids[key.row as usize] == id) {
+                let first = run[0].row as usize;
+                if run[1..]
+                    .iter()
+                    .all(|key| same_id(ids, first, key.row as usize))
+                {
                     runs.push((offset + start, offset + end));
                 } else {
-                    run.sort_unstable_by_key(|key| (ids[key.row as usize], key.day, key.row));
+                    run.sort_unstable_by_key(|key| (ids.value(key.row as usize), key.day, key.row));
                     let mut from = 0;
                     for at in 1..=run.len() {
                         if at == run.len()
-                            || ids[run[at].row as usize] != ids[run[from].row as usize]
+                            || !same_id(ids, run[at].row as usize, run[from].row as usize)
                         {
                             runs.push((offset + start + from, offset + start + at));
                             from = at;
@@ -750,14 +739,18 @@ enum ColumnSpec<'a> {
     Window(&'a String, i64),
 }
 
-/// Historic value and transaction days per customer: one row per customer
-/// with a counted order.
+/// Historic value per customer, one row per customer with a counted
+/// order, and the models' inputs for the same customers in the same order.
 ///
 /// The orders are sorted by a fixed hash of contact_id and by day, so each
 /// customer's orders lie together and in order, and summed in one pass.
 /// Amounts are added in whole millionths. The frame is therefore the same,
 /// rows and order, for the same orders, however they are stored.
-fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<DataFrame> {
+fn customer_frame(
+    orders: LazyFrame,
+    as_of: AsOf,
+    params: &Params,
+) -> Result<(DataFrame, ModelInputs)> {
     let counted = counted_orders(orders, as_of.end_micros).select([
         col("contact_id"),
         col("ordered_at"),
@@ -784,20 +777,17 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
              ingest them again through `nightshift ingest orders`, which rejects such rows"
         )));
     }
+    // One chunk without nulls after the rechunks and the check above.
     let micros = micros.cont_slice()?;
     let amounts = amounts.cont_slice()?;
-    // One chunk without nulls after the rechunk and the check above.
-    let ids: Vec<&str> = ids
-        .downcast_iter()
-        .flat_map(|array| array.values_iter())
-        .collect();
+    let ids = ids.downcast_as_array();
 
     let mut keys: Vec<OrderKey> = (0..height)
         .into_par_iter()
         .map(|row| {
             let day = micros[row].div_euclid(MICROS_PER_DAY);
             OrderKey {
-                hash: id_hash(ids[row]),
+                hash: id_hash(ids.value(row)),
                 day: i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX }),
                 row: row as u32,
                 micros: micros[row],
@@ -807,7 +797,7 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
         .collect();
     keys.par_sort_unstable_by_key(|key| (key.hash, key.day, key.row));
 
-    let runs = customer_runs(&mut keys, &ids);
+    let runs = customer_runs(&mut keys, ids);
     let totals: Vec<CustomerTotals> = runs
         .par_iter()
         .map(|&(start, end)| CustomerTotals::of(&keys[start..end]))
@@ -836,15 +826,8 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
             .iter()
             .map(|(name, since)| ColumnSpec::Window(name, *since)),
     );
-    specs.extend([
-        ColumnSpec::Int("first_day", |t| t.first_day),
-        ColumnSpec::Int("last_day", |t| t.last_day),
-        ColumnSpec::Int("purchase_days", |t| t.days),
-        ColumnSpec::Money("total_value", |t| t.units),
-        ColumnSpec::Money("first_value", |t| t.first_day_units),
-    ]);
     let money = |units: i64| units as f64 / AMOUNT_UNITS;
-    let (ids, built) = rayon::join(
+    let (ids, (built, inputs)) = rayon::join(
         || {
             counted.column("contact_id")?.take(&IdxCa::from_vec(
                 "".into(),
@@ -852,45 +835,50 @@ fn customer_frame(orders: LazyFrame, as_of: AsOf, params: &Params) -> Result<Dat
             ))
         },
         || {
-            specs
-                .par_iter()
-                .map(|spec| -> Result<Column> {
-                    Ok(match spec {
-                        ColumnSpec::Int(name, value) => Column::new(
-                            (*name).into(),
-                            totals.iter().map(value).collect::<Vec<_>>(),
-                        ),
-                        ColumnSpec::Time(name, value) => Column::new(
-                            (*name).into(),
-                            totals.iter().map(value).collect::<Vec<_>>(),
-                        )
-                        .cast(&timestamp_type)?,
-                        ColumnSpec::Money(name, value) => Column::new(
-                            (*name).into(),
-                            totals.iter().map(|t| money(value(t))).collect::<Vec<_>>(),
-                        ),
-                        ColumnSpec::Window(name, since) => Column::new(
-                            name.as_str().into(),
-                            runs.iter()
-                                .map(|&(start, end)| {
-                                    money(
-                                        keys[start..end]
-                                            .iter()
-                                            .filter(|key| key.micros >= *since)
-                                            .map(|key| key.units)
-                                            .sum(),
-                                    )
-                                })
-                                .collect::<Vec<_>>(),
-                        ),
-                    })
-                })
-                .collect::<Result<Vec<Column>>>()
+            rayon::join(
+                || {
+                    specs
+                        .par_iter()
+                        .map(|spec| -> Result<Column> {
+                            Ok(match spec {
+                                ColumnSpec::Int(name, value) => Column::new(
+                                    (*name).into(),
+                                    totals.iter().map(value).collect::<Vec<_>>(),
+                                ),
+                                ColumnSpec::Time(name, value) => Column::new(
+                                    (*name).into(),
+                                    totals.iter().map(value).collect::<Vec<_>>(),
+                                )
+                                .cast(&timestamp_type)?,
+                                ColumnSpec::Money(name, value) => Column::new(
+                                    (*name).into(),
+                                    totals.iter().map(|t| money(value(t))).collect::<Vec<_>>(),
+                                ),
+                                ColumnSpec::Window(name, since) => Column::new(
+                                    name.as_str().into(),
+                                    runs.iter()
+                                        .map(|&(start, end)| {
+                                            money(
+                                                keys[start..end]
+                                                    .iter()
+                                                    .filter(|key| key.micros >= *since)
+                                                    .map(|key| key.units)
+                                                    .sum(),
+                                            )
+                                        })
+                                        .collect::<Vec<_>>(),
+                                ),
+                            })
+                        })
+                        .collect::<Result<Vec<Column>>>()
+                },
+                || ModelInputs::from_totals(&totals, as_of.day, params.time_unit),
+            )
         },
     );
     let mut columns = vec![ids?];
     columns.extend(built?);
-    Ok(DataFrame::new(n, columns)?)
+    Ok((DataFrame::new(n, columns)?, inputs))
 }
 
 fn run(ctx: &JobContext) -> Result<JobResult> {
@@ -902,7 +890,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let input = ctx.input("orders");
     let orders = input.table.scan(&input.snapshot)?;
     let mut timer = PhaseTimer::default();
-    let frame = customer_frame(orders, as_of, &params)?;
+    let (frame, inputs) = customer_frame(orders, as_of, &params)?;
     timer.lap("aggregate");
     let mut result = JobResult::default();
     let metrics = &mut result.metrics;
@@ -911,16 +899,6 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     metrics.insert("horizon".into(), Value::from(params.horizon));
     metrics.insert("customers".into(), Value::from(frame.height()));
 
-    // Every customer in the frame has a counted order, so a transaction day.
-    let inputs = ModelInputs::from_days(
-        &column_i64(&frame, "first_day")?,
-        &column_i64(&frame, "last_day")?,
-        &column_i64(&frame, "purchase_days")?,
-        &column_f64(&frame, "total_value")?,
-        &column_f64(&frame, "first_value")?,
-        as_of.day,
-        params.time_unit,
-    );
     let repeat = inputs.frequency.iter().filter(|x| **x > 0.0).count();
     metrics.insert("repeat_customers".into(), Value::from(repeat));
     metrics.insert(
@@ -965,10 +943,11 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Some(predictions)
         }
     };
-    let values = build_output(&frame, &inputs, predictions, as_of, &params, ctx)?;
+    let output = build_output(&frame, &inputs, predictions, as_of, &params, ctx)?;
     timer.lap("rfm_and_output");
-    metrics.insert("segments".into(), count_by(&values, "rfm_segment")?);
-    metrics.insert("cohorts".into(), count_by(&values, "cohort")?);
+    metrics.insert("segments".into(), output.segments);
+    metrics.insert("cohorts".into(), output.cohorts);
+    let values = output.frame;
     metrics.insert("seconds".into(), timer.into_json());
 
     if let Some(path) = &params.export_csv {
@@ -998,16 +977,52 @@ fn bgnbd_json(fit: &model::Fit<BgNbd>, customers: usize) -> Value {
     })
 }
 
-/// Reads a column without nulls as integers.
-fn values_i64(frame: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    let column = frame.column(name)?.cast(&DataType::Int64)?;
-    Ok(column.i64()?.into_no_null_iter().collect())
+/// The values of a column built without nulls in one chunk, such as the
+/// integer and time columns of [`customer_frame`].
+fn values_i64<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [i64]> {
+    let column = frame.column(name)?;
+    let values = match column.dtype() {
+        DataType::Datetime(_, _) => column.datetime()?.physical(),
+        _ => column.i64()?,
+    };
+    Ok(values.cont_slice()?)
 }
 
-/// Reads a column without nulls as floats.
-fn values_f64(frame: &DataFrame, name: &str) -> Result<Vec<f64>> {
-    let column = frame.column(name)?.cast(&DataType::Float64)?;
-    Ok(column.f64()?.into_no_null_iter().collect())
+/// The values of a float column built without nulls in one chunk.
+fn values_f64<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [f64]> {
+    Ok(frame.column(name)?.f64()?.cont_slice()?)
+}
+
+/// The output frame with the customers counted by segment and by cohort
+/// (names with no customer left out).
+struct Output {
+    frame: DataFrame,
+    segments: Value,
+    cohorts: Value,
+}
+
+/// Counts the rows of each name, given each row's index into `names`.
+fn count_names(names: &[&str], indices: &[u8]) -> Value {
+    let mut counts = vec![0u64; names.len()];
+    for index in indices {
+        counts[usize::from(*index)] += 1;
+    }
+    let mut map = Map::new();
+    // The default segment may share its name with a rule.
+    for (name, count) in names.iter().zip(counts).filter(|(_, count)| *count > 0) {
+        let total = map.get(*name).and_then(Value::as_u64).unwrap_or(0) + count;
+        map.insert(name.to_string(), Value::from(total));
+    }
+    Value::Object(map)
+}
+
+/// The column of each row's name, given its index into `names`.
+fn names_column(name: &str, names: &[&str], indices: &[u8]) -> Column {
+    let values: Vec<&str> = indices
+        .par_iter()
+        .map(|index| names[usize::from(*index)])
+        .collect();
+    Column::new(name.into(), values)
 }
 
 /// Builds the output frame: the historic values of `frame`, RFM scores and
@@ -1021,15 +1036,14 @@ fn build_output(
     as_of: AsOf,
     params: &Params,
     ctx: &JobContext,
-) -> Result<DataFrame> {
+) -> Result<Output> {
     let height = frame.height();
     let orders = values_i64(frame, "orders")?;
     let revenue = values_f64(frame, "revenue_lifetime")?;
     let first_at = values_i64(frame, "first_order_at")?;
     let last_at = values_i64(frame, "last_order_at")?;
-    let first_day = values_i64(frame, "first_day")?;
     let recency_days: Vec<i64> = last_at
-        .iter()
+        .par_iter()
         .map(|micros| as_of.day - micros.div_euclid(MICROS_PER_DAY))
         .collect();
 
@@ -1046,23 +1060,26 @@ fn build_output(
         || {
             rayon::join(
                 || quintile_scores(&orders.iter().map(|o| *o as f64).collect::<Vec<_>>()),
-                || quintile_scores(&revenue),
+                || quintile_scores(revenue),
             )
         },
     );
 
+    // Indices into `COHORTS`; a one-time buyer's first order is its
+    // only transaction day, so its day is that of first_order_at.
+    const COHORTS: [&str; 3] = ["repeat", "new", "one_time"];
     let new_days = i64::from(params.new_customer_days);
-    let cohort: Vec<&str> = inputs
+    let cohort: Vec<u8> = inputs
         .frequency
-        .iter()
-        .zip(&first_day)
+        .par_iter()
+        .zip(first_at)
         .map(|(x, first)| {
             if *x > 0.0 {
-                "repeat"
-            } else if as_of.day - first < new_days {
-                "new"
+                0
+            } else if as_of.day - first.div_euclid(MICROS_PER_DAY) < new_days {
+                1
             } else {
-                "one_time"
+                2
             }
         })
         .collect();
@@ -1074,7 +1091,7 @@ fn build_output(
     let alive = predictions.as_ref().map(|p| &p.probability_alive);
     let churn: Vec<Option<&str>> = match alive {
         Some(alive) => alive
-            .iter()
+            .par_iter()
             .map(|p| {
                 p.map(|p| {
                     if p < params.churn_risk_high_below {
@@ -1089,6 +1106,80 @@ fn build_output(
             .collect(),
         None => vec![None; height],
     };
+    let average_order_value: Vec<f64> = revenue
+        .par_iter()
+        .zip(orders)
+        .map(|(r, o)| r / *o as f64)
+        .collect();
+    let between: Vec<Option<f64>> = (0..height)
+        .into_par_iter()
+        .map(|i| {
+            (orders[i] > 1).then(|| {
+                (last_at[i] - first_at[i]) as f64 / MICROS_PER_DAY as f64 / (orders[i] - 1) as f64
+            })
+        })
+        .collect();
+    let recency_days = Column::new("recency_days".into(), recency_days);
+    let r_score = Column::new("r_score".into(), recency_score);
+    let f_score = Column::new("f_score".into(), frequency_score);
+    let m_score = Column::new("m_score".into(), monetary_score);
+    let average_order_value = Column::new("average_order_value".into(), average_order_value);
+
+    // Segments: the first matching rule, in the order of the pipeline
+    // file. The rules are evaluated together over the columns they may use.
+    let mut segment_names: Vec<&str> = params.segments.iter().map(|s| s.name.as_str()).collect();
+    segment_names.push(&params.default_segment);
+    let rules = params
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let expr = check_rule(rule).map_err(Error::Config)?;
+            Ok(expr.fill_null(lit(false)).alias(format!("rule_{i}")))
+        })
+        .collect::<Result<Vec<Expr>>>()?;
+    let rule_input = DataFrame::new(
+        height,
+        vec![
+            r_score.clone(),
+            f_score.clone(),
+            m_score.clone(),
+            frame.column("orders")?.clone(),
+            frame.column("revenue_lifetime")?.clone(),
+            recency_days.clone(),
+            average_order_value.clone(),
+        ],
+    )?;
+    let matched = if rules.is_empty() {
+        Vec::new()
+    } else {
+        let masks = rule_input.lazy().select(rules).collect()?;
+        masks
+            .columns()
+            .iter()
+            .map(|mask| -> Result<BooleanChunked> {
+                let mask = mask.cast(&DataType::Boolean)?;
+                Ok(mask
+                    .bool()?
+                    .fill_null_with_values(false)?
+                    .rechunk()
+                    .into_owned())
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let matched: Vec<_> = matched
+        .iter()
+        .map(|mask| mask.downcast_as_array())
+        .collect();
+    let segment: Vec<u8> = (0..height)
+        .into_par_iter()
+        .map(|row| {
+            matched
+                .iter()
+                .position(|mask| mask.value(row))
+                .unwrap_or(matched.len()) as u8
+        })
+        .collect();
 
     let mut columns: Vec<Column> = vec![
         frame.column("contact_id")?.clone(),
@@ -1100,26 +1191,14 @@ fn build_output(
     for days in &params.revenue_windows_days {
         columns.push(frame.column(&format!("revenue_{days}d"))?.clone());
     }
-    let average_order_value: Vec<f64> = revenue
-        .iter()
-        .zip(&orders)
-        .map(|(r, o)| r / *o as f64)
-        .collect();
-    let between: Vec<Option<f64>> = (0..height)
-        .map(|i| {
-            (orders[i] > 1).then(|| {
-                (last_at[i] - first_at[i]) as f64 / MICROS_PER_DAY as f64 / (orders[i] - 1) as f64
-            })
-        })
-        .collect();
     columns.extend([
-        Column::new("average_order_value".into(), average_order_value),
+        average_order_value,
         Column::new("avg_days_between_orders".into(), between),
-        Column::new("recency_days".into(), recency_days),
-        Column::new("r_score".into(), recency_score),
-        Column::new("f_score".into(), frequency_score),
-        Column::new("m_score".into(), monetary_score),
-        Column::new("cohort".into(), cohort),
+        recency_days,
+        r_score,
+        f_score,
+        m_score,
+        names_column("cohort", &COHORTS, &cohort),
         Column::new("frequency".into(), &inputs.frequency),
         Column::new("recency".into(), &inputs.recency),
         Column::new("age".into(), &inputs.age),
@@ -1141,46 +1220,29 @@ fn build_output(
         ),
         predicted("clv", predictions.as_ref().map(|p| p.clv.as_slice())),
         Column::new("churn_risk".into(), churn),
+        names_column("rfm_segment", &segment_names, &segment),
+        Column::new_scalar(
+            "as_of".into(),
+            Scalar::new(
+                DataType::String,
+                AnyValue::StringOwned(as_of.date().to_string().into()),
+            ),
+            height,
+        ),
+        Column::new_scalar(
+            "run_id".into(),
+            Scalar::new(
+                DataType::String,
+                AnyValue::StringOwned(ctx.run_id.as_str().into()),
+            ),
+            height,
+        ),
     ]);
-    let mut out = DataFrame::new(height, columns)?;
-
-    // Segments: the first matching rule, in the order of the pipeline file.
-    let mut segment = lit(params.default_segment.clone());
-    for rule in params.segments.iter().rev() {
-        let expr = check_rule(rule).map_err(Error::Config)?;
-        segment = when(expr.fill_null(lit(false)))
-            .then(lit(rule.name.clone()))
-            .otherwise(segment);
-    }
-    out = out
-        .lazy()
-        .with_columns([
-            segment.alias("rfm_segment"),
-            lit(as_of.date().to_string()).alias("as_of"),
-            lit(ctx.run_id.clone()).alias("run_id"),
-        ])
-        .collect()?;
-    Ok(out)
-}
-
-fn count_by(frame: &DataFrame, column: &str) -> Result<Value> {
-    let counts = frame
-        .clone()
-        .lazy()
-        .group_by([col(column)])
-        .agg([len().cast(DataType::Int64).alias("n")])
-        .sort([column], SortMultipleOptions::default())
-        .collect()?;
-    let mut map = Map::new();
-    let names = counts.column(column)?.str()?.clone();
-    let ns = counts.column("n")?.i64()?.clone();
-    for (name, n) in names.iter().zip(ns.iter()) {
-        map.insert(
-            name.unwrap_or("null").to_string(),
-            Value::from(n.unwrap_or(0)),
-        );
-    }
-    Ok(Value::Object(map))
+    Ok(Output {
+        frame: DataFrame::new(height, columns)?,
+        segments: count_names(&segment_names, &segment),
+        cohorts: count_names(&COHORTS, &cohort),
+    })
 }
 
 /// One row of the holdout comparison: customers with a given number of
@@ -1358,5 +1420,64 @@ impl PhaseTimer {
 
     fn into_json(self) -> Value {
         Value::Object(self.phases)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_column(values: &[&str]) -> StringChunked {
+        StringChunked::from_slice("contact_id".into(), values)
+            .rechunk()
+            .into_owned()
+    }
+
+    #[test]
+    fn same_id_compares_inline_and_stored_ids() {
+        let ids = id_column(&[
+            "c1",
+            "c1",
+            "c2",
+            "twelve-bytes",
+            "twelve-bytes",
+            "twelve-bytez",
+            "a-longer-contact-id-1",
+            "a-longer-contact-id-1",
+            "a-longer-contact-id-2",
+            "",
+            "",
+        ]);
+        let ids = ids.downcast_as_array();
+        assert!(same_id(ids, 0, 1));
+        assert!(!same_id(ids, 0, 2));
+        assert!(same_id(ids, 3, 4));
+        assert!(!same_id(ids, 3, 5));
+        assert!(same_id(ids, 6, 7));
+        assert!(!same_id(ids, 6, 8));
+        assert!(!same_id(ids, 0, 6));
+        assert!(same_id(ids, 9, 10));
+        assert!(!same_id(ids, 9, 0));
+    }
+
+    #[test]
+    fn ids_that_share_a_hash_become_separate_customers() {
+        let ids = id_column(&["b", "a", "b", "a", "a-longer-contact-id"]);
+        let ids = ids.downcast_as_array();
+        let mut keys: Vec<OrderKey> = (0..5)
+            .map(|row| OrderKey {
+                hash: 7,
+                day: row,
+                row: row as u32,
+                micros: 0,
+                units: 0,
+            })
+            .collect();
+        let runs = customer_runs(&mut keys, ids);
+        let customers: Vec<Vec<u32>> = runs
+            .iter()
+            .map(|&(start, end)| keys[start..end].iter().map(|key| key.row).collect())
+            .collect();
+        assert_eq!(customers, vec![vec![1, 3], vec![4], vec![0, 2]]);
     }
 }
