@@ -10,6 +10,7 @@ pub mod email;
 pub mod enrich;
 pub mod error;
 pub mod generate;
+pub mod hash;
 pub mod ingest;
 pub mod jobs;
 pub mod lease;

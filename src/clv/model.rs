@@ -28,7 +28,6 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::f64::consts::PI;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use rayon::prelude::*;
 
@@ -701,32 +700,7 @@ fn work_chunks(groups: &[Group]) -> Vec<WorkChunk> {
     chunks
 }
 
-/// Multiply-rotate hasher for the bit patterns of numeric keys. The default
-/// SipHash costs several times more per key, which matters at millions of rows.
-#[derive(Default)]
-struct NumericKeyHasher(u64);
-
-impl Hasher for NumericKeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(23) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        // The multiplication leaves the low bits weak, and the hash table
-        // indexes by them, so fold the high half in.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-type NumericKeyMap<K, V> = HashMap<K, V, BuildHasherDefault<NumericKeyHasher>>;
+type NumericKeyMap<K, V> = HashMap<K, V, crate::hash::BuildFixedHasher>;
 
 /// Record of one customer: (count, first value, second value).
 type Record = (u64, f64, f64);

@@ -1345,9 +1345,6 @@ pub struct Blocking {
     pub rule_pairs: Vec<usize>,
 }
 
-/// Block id of records that are in no block of a rule.
-const NO_BLOCK: u32 = u32::MAX;
-
 /// Finds candidate pairs: records whose match keys agree on every key of at
 /// least one rule.
 ///
@@ -1388,27 +1385,40 @@ pub fn block_keys(
         .collect::<Result<Vec<_>, _>>()?;
     let placeholders = placeholder_keys(&keys.specs, blocked_values);
 
-    let mut block_of_rule: Vec<Vec<u32>> = Vec::with_capacity(rules.len());
-    let mut pairs = Vec::new();
+    // Each rule's blocks and pairs are found in parallel with the other
+    // rules'. The pairs are kept as `i << 32 | j`, sorted, and merged rule
+    // after rule into the pairs found so far, counting those not already
+    // there; no lookup per pair goes to memory far away.
+    let per_rule: Vec<_> = rules
+        .par_iter()
+        .zip(&resolved)
+        .map(|(rule, rule_keys)| {
+            let blocks = group_blocks(keys, rule, rule_keys, &placeholders, max_block_size);
+            let mut found: Vec<u64> = blocks
+                .starts
+                .par_windows(2)
+                .flat_map_iter(|window| {
+                    block_pairs(&blocks.members[window[0] as usize..window[1] as usize])
+                })
+                .collect();
+            // A record is in one block per rule, so a rule finds a pair once.
+            found.par_sort_unstable();
+            (blocks.skipped, found)
+        })
+        .collect();
+    let mut pairs: Vec<u64> = Vec::new();
     let mut skipped_blocks = Vec::new();
     let mut rule_pairs = Vec::with_capacity(rules.len());
-    for (rule, rule_keys) in rules.iter().zip(&resolved) {
-        let blocks = group_blocks(keys, rule, rule_keys, &placeholders, max_block_size);
-        skipped_blocks.extend(blocks.skipped);
-        let earlier = &block_of_rule;
-        let found: Vec<(u32, u32)> = blocks
-            .starts
-            .par_windows(2)
-            .flat_map_iter(|window| {
-                let block = &blocks.members[window[0] as usize..window[1] as usize];
-                block_pairs(block, earlier)
-            })
-            .collect();
-        rule_pairs.push(found.len());
-        pairs.extend(found);
-        block_of_rule.push(blocks.block_of);
+    for (skipped, found) in per_rule {
+        skipped_blocks.extend(skipped);
+        let (merged, new) = merge_sorted(&pairs, &found);
+        rule_pairs.push(new);
+        pairs = merged;
     }
-    pairs.par_sort_unstable();
+    let pairs: Vec<(u32, u32)> = pairs
+        .par_iter()
+        .map(|pair| ((pair >> 32) as u32, *pair as u32))
+        .collect();
     skipped_blocks.sort_by(|a: &(String, usize), b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Ok(Blocking {
         pairs,
@@ -1419,9 +1429,6 @@ pub fn block_keys(
 
 /// The blocks of one rule.
 struct Blocks {
-    /// Block id of every record, [`NO_BLOCK`] for records without a key, in
-    /// a block of one or in a skipped block.
-    block_of: Vec<u32>,
     /// Members of the blocks with at least two records, block after block,
     /// each in ascending record order.
     members: Vec<u32>,
@@ -1447,14 +1454,18 @@ fn block_hash(
     placeholders: &[HashSet<String>],
     record: usize,
 ) -> Option<u64> {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = crate::hash::FixedHasher::default();
     for &(field, prefix) in rule_keys {
         let key = keys.key(field, record)?;
-        if !placeholders[field].is_empty() && placeholders[field].contains(key) {
+        // A few placeholders: a scan, which mostly stops at the length,
+        // costs less than hashing the key.
+        if placeholders[field]
+            .iter()
+            .any(|placeholder| placeholder == key)
+        {
             return None;
         }
         hasher.write(key_prefix(key, prefix).as_bytes());
-        hasher.write_u8(0xff);
     }
     Some(hasher.finish())
 }
@@ -1486,32 +1497,41 @@ fn group_blocks(
     hashed.par_sort_unstable();
 
     let mut blocks = Blocks {
-        block_of: vec![NO_BLOCK; keys.records],
         members: Vec::new(),
         starts: vec![0],
         skipped: Vec::new(),
     };
+    let add_block = |blocks: &mut Blocks, records: &[u32]| {
+        if records.len() > max_block_size {
+            let description = describe_block(keys, rule, rule_keys, records[0]);
+            blocks.skipped.push((description, records.len()));
+        } else if records.len() >= 2 {
+            blocks.members.extend(records);
+            blocks.starts.push(blocks.members.len() as u32);
+        }
+    };
+    let mut run_records: Vec<u32> = Vec::new();
     for run in hashed.chunk_by(|x, y| x.0 == y.0) {
         if run.len() < 2 {
             continue;
         }
-        let mut rest: Vec<u32> = run.iter().map(|&(_, record)| record).collect();
+        run_records.clear();
+        run_records.extend(run.iter().map(|&(_, record)| record));
+        let first = run_records[0];
+        if run_records[1..]
+            .iter()
+            .all(|&record| same_block_key(keys, rule_keys, first, record))
+        {
+            add_block(&mut blocks, &run_records);
+            continue;
+        }
         // Distinct keys with the same hash are rare, but each gets its own block.
+        let mut rest = run_records.clone();
         while let Some(&first) = rest.first() {
             let (same, other): (Vec<u32>, Vec<u32>) = rest
                 .iter()
                 .partition(|&&record| same_block_key(keys, rule_keys, first, record));
-            if same.len() > max_block_size {
-                let description = describe_block(keys, rule, rule_keys, first);
-                blocks.skipped.push((description, same.len()));
-            } else if same.len() >= 2 {
-                let id = (blocks.starts.len() - 1) as u32;
-                for &record in &same {
-                    blocks.block_of[record as usize] = id;
-                }
-                blocks.members.extend(&same);
-                blocks.starts.push(blocks.members.len() as u32);
-            }
+            add_block(&mut blocks, &same);
             rest = other;
         }
     }
@@ -1540,20 +1560,43 @@ fn describe_block(
         .join(", ")
 }
 
-/// Returns the pairs of one block that no earlier rule has found.
-fn block_pairs<'a>(
-    block: &'a [u32],
-    earlier: &'a [Vec<u32>],
-) -> impl Iterator<Item = (u32, u32)> + 'a {
+/// Returns the pairs of one block, whose records are in ascending order, as
+/// `i << 32 | j` with `i < j`.
+fn block_pairs(block: &[u32]) -> impl Iterator<Item = u64> + '_ {
     block.iter().enumerate().flat_map(move |(position, &a)| {
-        block[position + 1..].iter().filter_map(move |&b| {
-            let found_before = earlier.iter().any(|block_of| {
-                let block_a = block_of[a as usize];
-                block_a != NO_BLOCK && block_a == block_of[b as usize]
-            });
-            (!found_before).then_some((a, b))
-        })
+        block[position + 1..]
+            .iter()
+            .map(move |&b| (u64::from(a) << 32) | u64::from(b))
     })
+}
+
+/// Merges two sorted lists without repeats into one, and returns it with
+/// the number of values of `added` that `existing` lacked.
+fn merge_sorted(existing: &[u64], added: &[u64]) -> (Vec<u64>, usize) {
+    let mut merged = Vec::with_capacity(existing.len() + added.len());
+    let (mut i, mut j, mut new) = (0, 0, 0);
+    while i < existing.len() && j < added.len() {
+        match existing[i].cmp(&added[j]) {
+            std::cmp::Ordering::Less => {
+                merged.push(existing[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                merged.push(added[j]);
+                new += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                merged.push(existing[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    merged.extend_from_slice(&existing[i..]);
+    new += added.len() - j;
+    merged.extend_from_slice(&added[j..]);
+    (merged, new)
 }
 
 // ---------------------------------------------------------------------------
@@ -2211,6 +2254,17 @@ pub fn clusters(n: usize, links: &[(u32, u32)]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_sorted_counts_the_values_not_seen_before() {
+        assert_eq!(merge_sorted(&[], &[]), (vec![], 0));
+        assert_eq!(merge_sorted(&[], &[2, 5]), (vec![2, 5], 2));
+        assert_eq!(merge_sorted(&[1, 4], &[]), (vec![1, 4], 0));
+        assert_eq!(
+            merge_sorted(&[1, 4, 6, 9], &[2, 4, 9, 10, 11]),
+            (vec![1, 2, 4, 6, 9, 10, 11], 3)
+        );
+    }
     use std::time::Instant;
 
     fn spec(name: &str, comparison: Comparison) -> FieldSpec {

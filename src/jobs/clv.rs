@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use polars::prelude::*;
+use polars_arrow::array::Utf8ViewArray;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -472,6 +473,9 @@ fn alive_forecast(model: &BgNbd, x: f64, t: f64, params: &Params) -> (f64, f64) 
     (model.alive_expected_purchases(horizon, x, t), discounted)
 }
 
+/// Probability alive and expected purchases, expected order value and CLV.
+type PredictionColumns = ((Vec<Option<f64>>, Vec<f64>), (Vec<f64>, Vec<f64>));
+
 fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Result<Predictions> {
     let bg = models.bgnbd.params;
     let gg = models.gamma_gamma.params;
@@ -495,27 +499,25 @@ fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Resu
         .par_iter()
         .map(|&(x, t)| alive_forecast(&bg, x, t, params))
         .collect();
-    let ((probability_alive, expected_purchases), (expected_order_value, clv)): (
-        (Vec<Option<f64>>, Vec<f64>),
-        (Vec<f64>, Vec<f64>),
-    ) = (0..inputs.frequency.len())
-        .into_par_iter()
-        .map(|i| {
-            let (x, t_x, t) = (inputs.frequency[i], inputs.recency[i], inputs.age[i]);
-            let (horizon_purchases, discounted_purchases) = forecasts[slots[i] as usize];
-            let alive = bg.probability_alive(x, t_x, t);
-            let m = inputs.repeat_value[i];
-            let value = if x > 0.0 && m > 0.0 {
-                gg.conditional_expected_value(x, m)
-            } else {
-                gg.conditional_expected_value(0.0, 0.0)
-            };
-            (
-                ((x > 0.0).then_some(alive), alive * horizon_purchases),
-                (value, value * alive * discounted_purchases),
-            )
-        })
-        .unzip();
+    let ((probability_alive, expected_purchases), (expected_order_value, clv)): PredictionColumns =
+        (0..inputs.frequency.len())
+            .into_par_iter()
+            .map(|i| {
+                let (x, t_x, t) = (inputs.frequency[i], inputs.recency[i], inputs.age[i]);
+                let (horizon_purchases, discounted_purchases) = forecasts[slots[i] as usize];
+                let alive = bg.probability_alive(x, t_x, t);
+                let m = inputs.repeat_value[i];
+                let value = if x > 0.0 && m > 0.0 {
+                    gg.conditional_expected_value(x, m)
+                } else {
+                    gg.conditional_expected_value(0.0, 0.0)
+                };
+                (
+                    ((x > 0.0).then_some(alive), alive * horizon_purchases),
+                    (value, value * alive * discounted_purchases),
+                )
+            })
+            .unzip();
     let not_finite = (0..clv.len()).into_par_iter().find_first(|&i| {
         !(probability_alive[i].is_none_or(f64::is_finite)
             && expected_purchases[i].is_finite()
@@ -631,31 +633,10 @@ struct OrderKey {
     units: i64,
 }
 
-/// Hashes a contact id with fixed constants: the same id gets the same
-/// hash in every run, so customers come out in the same order.
-fn id_hash(id: &str) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut hash = id.len() as u64;
-    for chunk in id.as_bytes().chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-    }
-    // The finaliser of SplitMix64 spreads every input bit over the result.
-    hash ^= hash >> 30;
-    hash = hash.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    hash ^= hash >> 27;
-    hash = hash.wrapping_mul(0x94D0_49BB_1331_11EB);
-    hash ^ (hash >> 31)
-}
-
-/// The one array of the contact_id column of the counted orders.
-type IdArray = <StringType as PolarsDataType>::Array;
-
 /// Whether rows `a` and `b` of `ids` hold the same id. An id of up to 12
 /// bytes lies within its 16-byte view, after the length, so two such views
 /// are compared as numbers over the length and the id's bytes.
-fn same_id(ids: &IdArray, a: usize, b: usize) -> bool {
+fn same_id(ids: &Utf8ViewArray, a: usize, b: usize) -> bool {
     let (view_a, view_b) = (ids.views()[a], ids.views()[b]);
     if view_a.length != view_b.length {
         return false;
@@ -675,7 +656,7 @@ fn same_id(ids: &IdArray, a: usize, b: usize) -> bool {
 
 /// Returns the ranges of `keys` (sorted by hash) that contain one customer
 /// each. Two ids with the same hash are first sorted apart by id.
-fn customer_runs(keys: &mut [OrderKey], ids: &IdArray) -> Vec<(usize, usize)> {
+fn customer_runs(keys: &mut [OrderKey], ids: &Utf8ViewArray) -> Vec<(usize, usize)> {
     // Pieces that end where the hash changes are split up in parallel.
     let pieces = rayon::current_num_threads() * 8;
     let size = (keys.len() / pieces).max(1);
@@ -787,7 +768,7 @@ fn customer_frame(
         .map(|row| {
             let day = micros[row].div_euclid(MICROS_PER_DAY);
             OrderKey {
-                hash: id_hash(ids.value(row)),
+                hash: crate::hash::hash_bytes(ids.value(row).as_bytes()),
                 day: i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX }),
                 row: row as u32,
                 micros: micros[row],
@@ -1221,22 +1202,8 @@ fn build_output(
         predicted("clv", predictions.as_ref().map(|p| p.clv.as_slice())),
         Column::new("churn_risk".into(), churn),
         names_column("rfm_segment", &segment_names, &segment),
-        Column::new_scalar(
-            "as_of".into(),
-            Scalar::new(
-                DataType::String,
-                AnyValue::StringOwned(as_of.date().to_string().into()),
-            ),
-            height,
-        ),
-        Column::new_scalar(
-            "run_id".into(),
-            Scalar::new(
-                DataType::String,
-                AnyValue::StringOwned(ctx.run_id.as_str().into()),
-            ),
-            height,
-        ),
+        super::text_scalar("as_of", &as_of.date().to_string(), height),
+        super::text_scalar("run_id", &ctx.run_id, height),
     ]);
     Ok(Output {
         frame: DataFrame::new(height, columns)?,

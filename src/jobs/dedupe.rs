@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use polars::prelude::*;
+use polars_arrow::array::{Array, Utf8ViewArray};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -41,6 +42,7 @@ use super::{JobContext, JobResult, KindSpec, OutputFrame, Role};
 use crate::dedupe::matching::{self, BlockingRule, Comparison, FieldSpec};
 use crate::delta::WriteMode;
 use crate::error::{Error, Result};
+use crate::hash::BuildFixedHasher;
 
 pub const SPEC: KindSpec = KindSpec {
     name: "dedupe",
@@ -271,7 +273,7 @@ fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
             .cast(&DataType::String)?
             .str()?
             .iter()
-            .map(|v| v.map(str::to_string).filter(|s| !s.trim().is_empty()))
+            .map(|v| v.filter(|s| !is_blank(s)).map(str::to_string))
             .collect()),
         Err(_) => Ok(vec![None; frame.height()]),
     }
@@ -279,24 +281,36 @@ fn text_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
 
 /// A contacts column as contiguous text, read in place. Blank values and a
 /// missing column read as null.
-struct TextColumn(Option<StringChunked>);
+struct TextColumn(Option<Utf8ViewArray>);
 
 impl TextColumn {
     fn new(frame: &DataFrame, name: &str) -> Result<Self> {
         match frame.column(name) {
             Ok(column) => {
                 let text = column.cast(&DataType::String)?;
-                Ok(Self(Some(text.str()?.rechunk().into_owned())))
+                let text = text.str()?.rechunk();
+                Ok(Self(Some(text.downcast_as_array().clone())))
             }
             Err(_) => Ok(Self(None)),
         }
     }
 
     fn get(&self, row: usize) -> Option<&str> {
-        self.0
-            .as_ref()?
-            .get(row)
-            .filter(|value| !value.trim().is_empty())
+        let array = self.0.as_ref()?;
+        if array.validity().is_some_and(|valid| !valid.get_bit(row)) {
+            return None;
+        }
+        Some(array.value(row)).filter(|value| !is_blank(value))
+    }
+}
+
+/// Tells whether a value is empty or white space only. Most values start
+/// with a visible character, which settles it.
+fn is_blank(value: &str) -> bool {
+    match value.as_bytes().first() {
+        None => true,
+        Some(byte) if byte.is_ascii_graphic() => false,
+        Some(_) => value.trim().is_empty(),
     }
 }
 
@@ -379,8 +393,17 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     // Guards: role and shared addresses never link people.
     let mut metrics = serde_json::Map::new();
     let email = specs.iter().position(|s| s.name == "email");
-    let mut left_out_emails: HashSet<String> = HashSet::new();
-    if let Some(email) = email {
+    // Each address is normalized once, in parallel; the counts and the
+    // lookups below then hash the normalized keys.
+    let normalized_emails: Vec<Option<String>> = match email {
+        Some(email) => (0..n)
+            .into_par_iter()
+            .map(|record| value(email, record).and_then(matching::normalize_email))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut left_out_emails: HashSet<&str, BuildFixedHasher> = HashSet::default();
+    if email.is_some() {
         let roles: HashSet<String> = match &params.role_local_parts {
             Some(parts) => parts.iter().map(|p| p.trim().to_lowercase()).collect(),
             None => crate::email::ROLE_LOCAL_PARTS
@@ -388,11 +411,9 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
                 .map(|p| p.to_string())
                 .collect(),
         };
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for record in 0..n {
-            if let Some(key) = value(email, record).and_then(matching::normalize_email) {
-                *counts.entry(key).or_default() += 1;
-            }
+        let mut counts: HashMap<&str, usize, BuildFixedHasher> = HashMap::default();
+        for key in normalized_emails.iter().flatten() {
+            *counts.entry(key.as_str()).or_default() += 1;
         }
         left_out_emails = counts
             .into_iter()
@@ -412,8 +433,9 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         |field, record| {
             let raw = value(field, record)?;
             if Some(field) == email
-                && !left_out_emails.is_empty()
-                && matching::normalize_email(raw).is_some_and(|key| left_out_emails.contains(&key))
+                && normalized_emails[record]
+                    .as_deref()
+                    .is_some_and(|key| left_out_emails.contains(key))
             {
                 emails_left_out.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -421,7 +443,9 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Some(raw)
         },
         |field, key| {
-            let placeholder = placeholders[field].contains(key);
+            // A few placeholders: a scan, which mostly stops at the
+            // length, costs less than hashing the key.
+            let placeholder = placeholders[field].iter().any(|p| p == key);
             if placeholder {
                 placeholders_cleared.fetch_add(1, Ordering::Relaxed);
             }
@@ -583,19 +607,16 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut forbidden: HashSet<(u32, u32)> = HashSet::new();
     if let Some(pinned) = ctx.optional_input("do_not_merge") {
         let frame = pinned.table.scan(&pinned.snapshot)?.collect()?;
-        let index: HashMap<&str, u32> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i as u32))
-            .collect();
+        // The contacts are sorted by contact_id, so an id is found by
+        // binary search.
+        let index = |id: &str| ids.binary_search_by(|probe| probe.as_str().cmp(id)).ok();
         let a = text_column(&frame, "contact_id_a")?;
         let b = text_column(&frame, "contact_id_b")?;
         for (a, b) in a.iter().zip(&b) {
-            if let (Some(a), Some(b)) = (
-                a.as_deref().and_then(|a| index.get(a)),
-                b.as_deref().and_then(|b| index.get(b)),
-            ) {
-                forbidden.insert(((*a).min(*b), (*a).max(*b)));
+            if let (Some(a), Some(b)) = (a.as_deref().and_then(index), b.as_deref().and_then(index))
+            {
+                let (a, b) = (a as u32, b as u32);
+                forbidden.insert((a.min(b), a.max(b)));
             }
         }
     }
@@ -608,47 +629,73 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let phase = Instant::now();
     let cluster_of = matching::clusters(n, &links);
 
-    // Cluster members and fates.
-    let mut members: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (i, c) in cluster_of.iter().enumerate() {
-        members.entry(*c).or_default().push(i as u32);
+    // Cluster members: every cluster's records in ascending order, one
+    // slice per cluster. A cluster is named by its smallest record, and the
+    // clusters run in that order.
+    let mut sizes_of = vec![0u32; n];
+    for c in &cluster_of {
+        sizes_of[*c as usize] += 1;
     }
-    let created = text_column(&contacts, "created_at")?;
-    let updated = text_column(&contacts, "updated_at")?;
-    let mut fate: HashMap<u32, Fate> = HashMap::new();
+    let mut starts = vec![0usize; n + 1];
+    for c in 0..n {
+        starts[c + 1] = starts[c] + sizes_of[c] as usize;
+    }
+    let mut member_records = vec![0u32; n];
+    let mut filled = starts.clone();
+    for (record, c) in cluster_of.iter().enumerate() {
+        member_records[filled[*c as usize]] = record as u32;
+        filled[*c as usize] += 1;
+    }
+    drop(filled);
+    let clusters: Vec<u32> = (0..n as u32)
+        .filter(|c| sizes_of[*c as usize] > 0)
+        .collect();
+    let members =
+        |cluster: u32| &member_records[starts[cluster as usize]..starts[cluster as usize + 1]];
+
+    // A cluster that would join a do-not-merge pair through other records
+    // is held.
+    let joins_forbidden: HashSet<u32> = forbidden
+        .iter()
+        .filter(|(a, b)| cluster_of[*a as usize] == cluster_of[*b as usize])
+        .map(|(a, _)| cluster_of[*a as usize])
+        .collect();
+    let mut fate = vec![Fate::Single; n];
     let mut held_reasons: Vec<Value> = Vec::new();
-    for (cluster, list) in &members {
-        let f = if list.len() == 1 {
+    for &cluster in &clusters {
+        let size = members(cluster).len();
+        fate[cluster as usize] = if size == 1 {
             Fate::Single
-        } else if list.len() > params.max_cluster_size {
+        } else if size > params.max_cluster_size {
             held_reasons.push(json!({
-                "cluster": ids[*cluster as usize],
-                "records": list.len(),
+                "cluster": ids[cluster as usize],
+                "records": size,
                 "reason": format!("more than max_cluster_size = {}", params.max_cluster_size),
             }));
             Fate::Held
+        } else if joins_forbidden.contains(&cluster) {
+            held_reasons.push(json!({
+                "cluster": ids[cluster as usize],
+                "records": size,
+                "reason": "it would join a do-not-merge pair through other records",
+            }));
+            Fate::Held
         } else {
-            let set: HashSet<u32> = list.iter().copied().collect();
-            let joined = forbidden
-                .iter()
-                .any(|(a, b)| set.contains(a) && set.contains(b));
-            if joined {
-                held_reasons.push(json!({
-                    "cluster": ids[*cluster as usize],
-                    "records": list.len(),
-                    "reason": "it would join a do-not-merge pair through other records",
-                }));
-                Fate::Held
-            } else {
-                Fate::Merged
-            }
+            Fate::Merged
         };
-        fate.insert(*cluster, f);
     }
+    let merged: Vec<u32> = clusters
+        .iter()
+        .copied()
+        .filter(|c| fate[*c as usize] == Fate::Merged)
+        .collect();
     tracing::info!(
         links = links.len(),
-        clusters_merged = fate.values().filter(|f| **f == Fate::Merged).count(),
-        clusters_held = fate.values().filter(|f| **f == Fate::Held).count(),
+        clusters_merged = merged.len(),
+        clusters_held = clusters
+            .iter()
+            .filter(|c| fate[**c as usize] == Fate::Held)
+            .count(),
         seconds = phase.elapsed().as_secs_f64(),
         "dedupe: clusters formed"
     );
@@ -656,28 +703,34 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
 
     // Survivor: the oldest record (created_at, then contact_id). The age and
     // recency orders are ranked once, so choosing a record compares integers.
-    let age_rank = rank_records(n, |i| {
-        (created[i].as_deref().unwrap_or("~"), ids[i].as_str())
-    });
-    let recent_rank = rank_records(n, |i| {
-        (
-            updated[i]
-                .as_deref()
-                .or(created[i].as_deref())
-                .unwrap_or_default(),
-            ids[i].as_str(),
-        )
-    });
-    let survivor = |list: &[u32]| -> u32 {
+    let created = TextColumn::new(&contacts, "created_at")?;
+    let updated = TextColumn::new(&contacts, "updated_at")?;
+    let sources = TextColumn::new(&contacts, "source")?;
+    let (age_rank, recent_rank) = rayon::join(
+        || rank_records(n, |i| (created.get(i).unwrap_or("~"), ids[i].as_str())),
+        || {
+            rank_records(n, |i| {
+                (
+                    updated.get(i).or(created.get(i)).unwrap_or_default(),
+                    ids[i].as_str(),
+                )
+            })
+        },
+    );
+    let survivor_of = |cluster: u32| -> u32 {
+        let list = members(cluster);
         *list
             .iter()
             .min_by_key(|i| age_rank[**i as usize])
             .unwrap_or(&list[0])
     };
-    let cluster_survivor: HashMap<u32, u32> = members
-        .iter()
-        .map(|(cluster, list)| (*cluster, survivor(list)))
-        .collect();
+    // Indexed by cluster; a record's own entry where it names no cluster.
+    let mut cluster_survivor: Vec<u32> = (0..n as u32).collect();
+    for &cluster in &clusters {
+        if members(cluster).len() > 1 {
+            cluster_survivor[cluster as usize] = survivor_of(cluster);
+        }
+    }
 
     // Golden rows: per column, the row that gives its value.
     let column_names: Vec<String> = contacts
@@ -685,7 +738,6 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         .iter()
         .map(|c| c.to_string())
         .collect();
-    let sources = text_column(&contacts, "source")?;
     let rule_of = |column: &str| -> Rule {
         params
             .survivorship
@@ -694,125 +746,143 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .copied()
             .unwrap_or(Rule::MostRecent)
     };
-    // Golden rows as (survivor, members), in the order of the survivor ids.
+    // Golden rows as (survivor, members), in the order of the survivor
+    // ids, which is the order of the records.
     let mut golden_clusters: Vec<(u32, &[u32])> = Vec::new();
-    for (cluster, list) in &members {
-        match fate[cluster] {
-            Fate::Merged => golden_clusters.push((cluster_survivor[cluster], list.as_slice())),
-            _ => {
-                for i in list {
-                    golden_clusters.push((*i, std::slice::from_ref(i)));
-                }
-            }
-        }
-    }
-    golden_clusters.sort_by(|a, b| ids[a.0 as usize].cmp(&ids[b.0 as usize]));
-    let mut out_columns: Vec<Column> = Vec::new();
-    let mut alternates: BTreeMap<String, Column> = BTreeMap::new();
-    for name in &column_names {
-        let values = TextColumn::new(&contacts, name)?;
-        let rule = if name == "contact_id" {
-            Rule::Oldest
+    for &cluster in &clusters {
+        if fate[cluster as usize] == Fate::Merged {
+            golden_clusters.push((cluster_survivor[cluster as usize], members(cluster)));
         } else {
-            rule_of(name)
-        };
-        let mut take: Vec<Option<IdxSize>> = Vec::with_capacity(golden_clusters.len());
-        let alternates_name = format!("{name}_alternates");
-        let mut alts = ListStringChunkedBuilder::new(
-            alternates_name.as_str().into(),
-            if rule == Rule::KeepAll {
-                golden_clusters.len()
-            } else {
-                0
-            },
-            0,
-        );
-        for &(surv, list) in &golden_clusters {
-            if name == "contact_id" {
-                take.push(Some(surv as IdxSize));
-                continue;
+            for i in members(cluster) {
+                golden_clusters.push((*i, std::slice::from_ref(i)));
             }
-            // A single record gives every value and has no alternates.
-            if list.len() == 1 {
-                take.push(Some(list[0] as IdxSize));
-                if rule == Rule::KeepAll {
-                    alts.append_values_iter(std::iter::empty());
-                }
-                continue;
-            }
-            let non_empty: Vec<u32> = list
-                .iter()
-                .copied()
-                .filter(|i| values.get(*i as usize).is_some())
-                .collect();
-            let chosen = if non_empty.is_empty() {
-                surv
-            } else {
-                match rule {
-                    Rule::MostRecent | Rule::KeepAll => *non_empty
-                        .iter()
-                        .max_by_key(|i| recent_rank[**i as usize])
-                        .unwrap_or(&surv),
-                    Rule::Oldest => *non_empty
-                        .iter()
-                        .min_by_key(|i| age_rank[**i as usize])
-                        .unwrap_or(&surv),
-                    Rule::MostFrequent => {
-                        let mut counts: HashMap<&str, usize> = HashMap::new();
-                        for i in &non_empty {
-                            *counts
-                                .entry(values.get(*i as usize).unwrap_or_default())
-                                .or_default() += 1;
-                        }
-                        *non_empty
-                            .iter()
-                            .max_by_key(|i| {
-                                (
-                                    counts[values.get(**i as usize).unwrap_or_default()],
-                                    recent_rank[**i as usize],
-                                )
-                            })
-                            .unwrap_or(&surv)
-                    }
-                    Rule::SourcePriority => *non_empty
-                        .iter()
-                        .min_by_key(|i| {
-                            let rank = sources[**i as usize]
-                                .as_deref()
-                                .and_then(|s| params.source_priority.iter().position(|p| p == s))
-                                .unwrap_or(usize::MAX);
-                            (rank, std::cmp::Reverse(recent_rank[**i as usize]))
-                        })
-                        .unwrap_or(&surv),
-                }
-            };
-            take.push(Some(chosen as IdxSize));
-            if rule == Rule::KeepAll {
-                let mut others: Vec<&str> = non_empty
-                    .iter()
-                    .filter(|i| **i != chosen)
-                    .filter_map(|i| values.get(*i as usize))
-                    .filter(|v| Some(*v) != values.get(chosen as usize))
-                    .collect();
-                others.sort_unstable();
-                others.dedup();
-                alts.append_values_iter(others.into_iter());
-            }
-        }
-        let idx: IdxCa = take.into_iter().collect();
-        out_columns.push(contacts.column(name)?.take(&idx)?);
-        if rule == Rule::KeepAll {
-            alternates.insert(alternates_name, alts.finish().into_column());
         }
     }
+    golden_clusters.par_sort_unstable_by_key(|(survivor, _)| *survivor);
+    // The columns are independent, so they are built in parallel.
+    let built = column_names
+        .par_iter()
+        .map(|name| -> Result<(Column, Option<Column>)> {
+            let rule = if name == "contact_id" {
+                Rule::Oldest
+            } else {
+                rule_of(name)
+            };
+            let take: Vec<IdxSize> = if name == "contact_id" {
+                golden_clusters
+                    .iter()
+                    .map(|(survivor, _)| *survivor as IdxSize)
+                    .collect()
+            } else {
+                let values = TextColumn::new(&contacts, name)?;
+                let mut take = Vec::with_capacity(golden_clusters.len());
+                let alternates_name = format!("{name}_alternates");
+                let mut alts = ListStringChunkedBuilder::new(
+                    alternates_name.as_str().into(),
+                    if rule == Rule::KeepAll {
+                        golden_clusters.len()
+                    } else {
+                        0
+                    },
+                    0,
+                );
+                for &(surv, list) in &golden_clusters {
+                    // A single record gives every value and has no alternates.
+                    if list.len() == 1 {
+                        take.push(list[0] as IdxSize);
+                        if rule == Rule::KeepAll {
+                            alts.append_values_iter(std::iter::empty());
+                        }
+                        continue;
+                    }
+                    let non_empty: Vec<u32> = list
+                        .iter()
+                        .copied()
+                        .filter(|i| values.get(*i as usize).is_some())
+                        .collect();
+                    let chosen = if non_empty.is_empty() {
+                        surv
+                    } else {
+                        match rule {
+                            Rule::MostRecent | Rule::KeepAll => *non_empty
+                                .iter()
+                                .max_by_key(|i| recent_rank[**i as usize])
+                                .unwrap_or(&surv),
+                            Rule::Oldest => *non_empty
+                                .iter()
+                                .min_by_key(|i| age_rank[**i as usize])
+                                .unwrap_or(&surv),
+                            Rule::MostFrequent => {
+                                let mut counts: HashMap<&str, usize> = HashMap::new();
+                                for i in &non_empty {
+                                    *counts
+                                        .entry(values.get(*i as usize).unwrap_or_default())
+                                        .or_default() += 1;
+                                }
+                                *non_empty
+                                    .iter()
+                                    .max_by_key(|i| {
+                                        (
+                                            counts[values.get(**i as usize).unwrap_or_default()],
+                                            recent_rank[**i as usize],
+                                        )
+                                    })
+                                    .unwrap_or(&surv)
+                            }
+                            Rule::SourcePriority => *non_empty
+                                .iter()
+                                .min_by_key(|i| {
+                                    let rank = sources
+                                        .get(**i as usize)
+                                        .and_then(|s| {
+                                            params.source_priority.iter().position(|p| p == s)
+                                        })
+                                        .unwrap_or(usize::MAX);
+                                    (rank, std::cmp::Reverse(recent_rank[**i as usize]))
+                                })
+                                .unwrap_or(&surv),
+                        }
+                    };
+                    take.push(chosen as IdxSize);
+                    if rule == Rule::KeepAll {
+                        let mut others: Vec<&str> = non_empty
+                            .iter()
+                            .filter(|i| **i != chosen)
+                            .filter_map(|i| values.get(*i as usize))
+                            .filter(|v| Some(*v) != values.get(chosen as usize))
+                            .collect();
+                        others.sort_unstable();
+                        others.dedup();
+                        alts.append_values_iter(others.into_iter());
+                    }
+                }
+                if rule == Rule::KeepAll {
+                    let idx = IdxCa::from_vec("".into(), take);
+                    return Ok((
+                        contacts.column(name)?.take(&idx)?,
+                        Some(alts.finish().into_column()),
+                    ));
+                }
+                take
+            };
+            let idx = IdxCa::from_vec("".into(), take);
+            Ok((contacts.column(name)?.take(&idx)?, None))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let height = golden_clusters.len();
-    out_columns.extend(alternates.into_values());
+    let mut out_columns: Vec<Column> = Vec::with_capacity(built.len() + 4);
+    let mut alternates: Vec<Column> = Vec::new();
+    for (column, alts) in built {
+        out_columns.push(column);
+        alternates.extend(alts);
+    }
+    alternates.sort_by(|a, b| a.name().cmp(b.name()));
+    out_columns.extend(alternates);
+    // The members of a cluster are in record order, which is id order.
     let mut merged_ids =
         ListStringChunkedBuilder::new("merged_ids".into(), height, golden_clusters.len());
     for (_, list) in &golden_clusters {
-        let mut names: Vec<&str> = list.iter().map(|i| ids[*i as usize].as_str()).collect();
-        names.sort_unstable();
-        merged_ids.append_values_iter(names.into_iter());
+        merged_ids.append_values_iter(list.iter().map(|i| ids[*i as usize].as_str()));
     }
     out_columns.push(merged_ids.finish().into_column());
     out_columns.push(Column::new(
@@ -822,19 +892,20 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .map(|(surv, _)| ids[*surv as usize].as_str())
             .collect::<Vec<_>>(),
     ));
-    out_columns.push(Column::new(
-        "run_id".into(),
-        vec![ctx.run_id.clone(); height],
-    ));
+    out_columns.push(super::text_scalar("run_id", &ctx.run_id, height));
     let deduped = DataFrame::new(height, out_columns)?;
 
     // The merge map: every contact, its survivor and why.
-    let mut best: HashMap<u32, (f64, u32, Arc<str>)> = HashMap::new();
+    let mut best: Vec<Option<(f64, u32, Arc<str>)>> = vec![None; n];
     for ((a, b), (p, why)) in &link_info {
         for (me, other) in [(*a, *b), (*b, *a)] {
-            let entry = best.entry(me).or_insert((-1.0, other, Arc::from("")));
-            if *p > entry.0 || (*p == entry.0 && other < entry.1) {
-                *entry = (*p, other, why.clone());
+            let entry = &mut best[me as usize];
+            let better = match entry {
+                None => true,
+                Some((q, current, _)) => *p > *q || (*p == *q && other < *current),
+            };
+            if better {
+                *entry = Some((*p, other, why.clone()));
             }
         }
     }
@@ -847,8 +918,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut map_linked_by: Vec<Option<&str>> = Vec::with_capacity(n);
     for i in 0..n as u32 {
         let cluster = cluster_of[i as usize];
-        let f = fate[&cluster];
-        let cluster_surv = cluster_survivor[&cluster];
+        let f = fate[cluster as usize];
+        let cluster_surv = cluster_survivor[cluster as usize];
         let surv = if f == Fate::Merged { cluster_surv } else { i };
         map_contact.push(ids[i as usize].as_str());
         map_survivor.push(ids[surv as usize].as_str());
@@ -859,7 +930,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Fate::Merged => "merged",
             Fate::Held => "held",
         });
-        match best.get(&i) {
+        match &best[i as usize] {
             Some((p, other, why)) => {
                 map_probability.push(Some(*p));
                 map_linked_to.push(Some(ids[*other as usize].as_str()));
@@ -882,44 +953,40 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Column::new("match_probability".into(), map_probability),
             Column::new("linked_to".into(), map_linked_to),
             Column::new("linked_by".into(), map_linked_by),
-            Column::new("run_id".into(), vec![ctx.run_id.clone(); n]),
+            super::text_scalar("run_id", &ctx.run_id, n),
         ],
     )?;
 
     // The ledger: the pre-merge records of every merged cluster.
     let mut ledger_rows: Vec<IdxSize> = Vec::new();
-    let mut ledger_cluster: Vec<String> = Vec::new();
-    for (cluster, list) in &members {
-        if fate[cluster] == Fate::Merged {
-            let surv = ids[survivor(list) as usize].clone();
-            for i in list {
-                ledger_rows.push(*i as IdxSize);
-                ledger_cluster.push(surv.clone());
-            }
+    let mut ledger_cluster: Vec<&str> = Vec::new();
+    for &cluster in &merged {
+        let surv = ids[cluster_survivor[cluster as usize] as usize].as_str();
+        for i in members(cluster) {
+            ledger_rows.push(*i as IdxSize);
+            ledger_cluster.push(surv);
         }
     }
-    let idx: IdxCa = ledger_rows.into_iter().map(Some).collect();
-    let mut ledger = contacts.take(&idx)?;
+    let mut ledger = contacts.take(&IdxCa::from_vec("".into(), ledger_rows))?;
     let rows = ledger.height();
     ledger.with_column(Column::new("cluster_id".into(), ledger_cluster))?;
-    ledger.with_column(Column::new("run_id".into(), vec![ctx.run_id.clone(); rows]))?;
+    ledger.with_column(super::text_scalar("run_id", &ctx.run_id, rows))?;
 
-    // Cluster statistics, largest first.
+    // Cluster statistics, largest first (ties: the survivor's id, which
+    // is the record order).
     let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut merged_clusters: Vec<(usize, &str, Vec<&str>)> = Vec::new();
-    for (cluster, list) in &members {
-        if fate[cluster] == Fate::Merged {
-            *sizes.entry(list.len()).or_default() += 1;
-            let mut names: Vec<&str> = list.iter().map(|i| ids[*i as usize].as_str()).collect();
-            names.sort();
-            merged_clusters.push((list.len(), ids[survivor(list) as usize].as_str(), names));
-        }
+    for &cluster in &merged {
+        *sizes.entry(members(cluster).len()).or_default() += 1;
     }
-    merged_clusters.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    metrics.insert("clusters_merged".into(), Value::from(merged_clusters.len()));
+    let mut largest: Vec<(usize, u32, u32)> = merged
+        .iter()
+        .map(|&c| (members(c).len(), cluster_survivor[c as usize], c))
+        .collect();
+    largest.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    metrics.insert("clusters_merged".into(), Value::from(merged.len()));
     metrics.insert(
         "records_merged_away".into(),
-        Value::from(merged_clusters.iter().map(|c| c.0 - 1).sum::<usize>()),
+        Value::from(largest.iter().map(|c| c.0 - 1).sum::<usize>()),
     );
     metrics.insert("golden_records".into(), Value::from(height));
     metrics.insert(
@@ -932,10 +999,14 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     metrics.insert("held_for_review".into(), Value::from(held_reasons));
     metrics.insert(
         "largest_merges".into(),
-        json!(merged_clusters
+        json!(largest
             .iter()
             .take(20)
-            .map(|(size, cluster, names)| json!({ "cluster": cluster, "records": size, "contacts": names }))
+            .map(|(size, survivor, cluster)| json!({
+                "cluster": ids[*survivor as usize],
+                "records": size,
+                "contacts": members(*cluster).iter().map(|i| ids[*i as usize].as_str()).collect::<Vec<_>>(),
+            }))
             .collect::<Vec<_>>()),
     );
     tracing::info!(
@@ -966,4 +1037,19 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
         key: None,
     });
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_values_are_empty_or_white_space() {
+        for blank in ["", " ", "\t\n", "\u{a0}", " \u{2003} "] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for value in ["a", " a", "\u{e9}", "\u{a0}x", "0"] {
+            assert!(!is_blank(value), "{value:?}");
+        }
+    }
 }

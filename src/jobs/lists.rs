@@ -442,7 +442,7 @@ fn current_members(flags: &DataFrame, lists: &[ListSpec]) -> Result<(DataFrame, 
         let mask = flags.column(flag_column(index).as_str())?.bool()?;
         let members = contact_ids.filter(mask)?;
         sizes[index] = members.len();
-        let list_id = text_column("list_id", &lists[index].id, members.len());
+        let list_id = super::text_scalar("list_id", &lists[index].id, members.len());
         list_column.append(list_id.as_materialized_series())?;
         contact_column.append(members.as_materialized_series())?;
     }
@@ -543,7 +543,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let height = changes.height();
     let changes = changes.hstack(&[
         timestamp_column("changed_at", now, height)?,
-        text_column("run_id", &ctx.run_id, height),
+        super::text_scalar("run_id", &ctx.run_id, height),
     ])?;
     let (added, removed) = if first_refresh {
         let added = params
@@ -656,12 +656,6 @@ fn timestamp_column(name: &str, micros: i64, len: usize) -> Result<Column> {
         .cast(&utc_timestamp())?)
 }
 
-/// Returns a column of `len` copies of `text`.
-fn text_column(name: &str, text: &str, len: usize) -> Column {
-    let value = Scalar::new(DataType::String, AnyValue::StringOwned(text.into()));
-    Column::new_scalar(name.into(), value, len)
-}
-
 fn timestamp_literal(micros: i64) -> Expr {
     lit(micros)
         .cast(DataType::Datetime(TimeUnit::Microseconds, None))
@@ -715,7 +709,7 @@ fn compare_with_previous(
         // A first refresh: everyone is new.
         let height = current.height();
         let membership = current.hstack(&[timestamp_column("member_since", now, height)?])?;
-        let changes = current.hstack(&[text_column("change", "add", height)])?;
+        let changes = current.hstack(&[super::text_scalar("change", "add", height)])?;
         return Ok(Compared {
             membership,
             changes,

@@ -75,6 +75,12 @@ pub fn string_column(frame: &DataFrame, name: &str) -> Result<Vec<Option<String>
     }
 }
 
+/// Returns a column of `len` copies of `text`.
+pub fn text_scalar(name: &str, text: &str, len: usize) -> Column {
+    let value = Scalar::new(DataType::String, AnyValue::StringOwned(text.into()));
+    Column::new_scalar(name.into(), value, len)
+}
+
 /// Returns the first line of a Polars error, without the query plan Polars
 /// appends, for messages that people read.
 pub fn short_error(error: &impl std::fmt::Display) -> String {

@@ -1,0 +1,98 @@
+//! A fast hash with fixed constants, for grouping keys in memory.
+//!
+//! The same bytes give the same hash in every run and on every machine, so
+//! an order that follows the hash is reproducible. The std default,
+//! SipHash, is built to resist chosen keys, and costs several times more
+//! per key, which matters at millions of keys. It is not needed here: keys
+//! with equal hashes are always compared before they are grouped.
+
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The multiplier of the Fibonacci hash, 2^64 divided by the golden ratio.
+const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A multiply-rotate hasher over 8-byte words. Each `write` mixes in its
+/// length first, so `write(b"ab"); write(b"c")` and `write(b"a");
+/// write(b"bc")` differ.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FixedHasher(u64);
+
+impl FixedHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(MULTIPLIER);
+    }
+}
+
+impl Hasher for FixedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.mix(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.mix(value);
+    }
+
+    fn finish(&self) -> u64 {
+        // The finaliser of SplitMix64 spreads every input bit over the
+        // result, so the low bits that hash tables index by are strong.
+        let mut hash = self.0;
+        hash ^= hash >> 30;
+        hash = hash.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        hash ^= hash >> 27;
+        hash = hash.wrapping_mul(0x94D0_49BB_1331_11EB);
+        hash ^ (hash >> 31)
+    }
+}
+
+/// Builds [`FixedHasher`]s for hash maps and sets.
+pub type BuildFixedHasher = BuildHasherDefault<FixedHasher>;
+
+/// The hash of one byte string.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut hasher = FixedHasher::default();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_bytes_same_hash_and_boundaries_count() {
+        assert_eq!(hash_bytes(b"contact-1"), hash_bytes(b"contact-1"));
+        assert_ne!(hash_bytes(b"contact-1"), hash_bytes(b"contact-2"));
+        // A trailing zero byte is not the same as no byte.
+        assert_ne!(hash_bytes(b"abc"), hash_bytes(b"abc\0"));
+        assert_ne!(hash_bytes(b""), hash_bytes(b"\0"));
+        let split = |a: &[u8], b: &[u8]| {
+            let mut hasher = FixedHasher::default();
+            hasher.write(a);
+            hasher.write(b);
+            hasher.finish()
+        };
+        assert_ne!(split(b"ab", b"c"), split(b"a", b"bc"));
+    }
+
+    #[test]
+    fn low_bits_spread_over_sequential_ids() {
+        let mut buckets = [0u32; 64];
+        for i in 0..64_000u32 {
+            buckets[(hash_bytes(format!("id-{i}").as_bytes()) & 63) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|count| (800..1200).contains(count)),
+            "{buckets:?}"
+        );
+    }
+}
