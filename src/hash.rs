@@ -57,7 +57,7 @@ impl Hasher for FixedHasher {
 /// Builds [`FixedHasher`]s for hash maps and sets.
 pub type BuildFixedHasher = BuildHasherDefault<FixedHasher>;
 
-/// The hash of one byte string.
+/// Returns the hash of one byte string.
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut hasher = FixedHasher::default();
     hasher.write(bytes);

@@ -207,6 +207,7 @@ fn segments_take_the_first_matching_rule() {
     );
     let out = project.run(&["ingest", "orders", &file]);
     assert!(out.status.success(), "{}", stderr(&out));
+
     clv_pipeline(
         &project,
         "as_of = \"2026-06-30\"\nmin_repeat_customers = 5000\n\
@@ -216,6 +217,7 @@ fn segments_take_the_first_matching_rule() {
     );
     let manifest = run_clv(&project);
     let metrics = &manifest["metrics"];
+
     // The default segment shares its name with a rule: one count.
     assert_eq!(
         metrics["segments"],
@@ -225,6 +227,8 @@ fn segments_take_the_first_matching_rule() {
         metrics["cohorts"],
         serde_json::json!({"new": 1, "one_time": 1, "repeat": 2})
     );
+
+    // Per customer, sorted by id: the first matching rule wins.
     let values = read_values(&project)
         .sort(["contact_id"], SortMultipleOptions::default())
         .unwrap();
@@ -238,6 +242,7 @@ fn segments_take_the_first_matching_rule() {
             .map(|value| value.unwrap().to_string())
             .collect()
     };
+
     assert_eq!(
         column("contact_id"),
         ["a-longer-contact-id-1", "a-longer-contact-id-4", "c2", "c3"]

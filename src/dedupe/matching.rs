@@ -1385,10 +1385,9 @@ pub fn block_keys(
         .collect::<Result<Vec<_>, _>>()?;
     let placeholders = placeholder_keys(&keys.specs, blocked_values);
 
-    // Each rule's blocks and pairs are found in parallel with the other
-    // rules'. The pairs are kept as `i << 32 | j`, sorted, and merged rule
-    // after rule into the pairs found so far, counting those not already
-    // there; no lookup per pair goes to memory far away.
+    // The rules find their blocks and pairs in parallel. Each rule's pairs
+    // are kept as `i << 32 | j`, sorted, and merged into the pairs of the
+    // earlier rules, which counts the new ones without a lookup per pair.
     let per_rule: Vec<_> = rules
         .par_iter()
         .zip(&resolved)

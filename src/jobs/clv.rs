@@ -633,9 +633,9 @@ struct OrderKey {
     units: i64,
 }
 
-/// Whether rows `a` and `b` of `ids` hold the same id. An id of up to 12
-/// bytes lies within its 16-byte view, after the length, so two such views
-/// are compared as numbers over the length and the id's bytes.
+/// Tells whether rows `a` and `b` of `ids` hold the same id. An id of up
+/// to 12 bytes lies within its 16-byte view, after the length, so two such
+/// views are compared as numbers over the length and the id's bytes.
 fn same_id(ids: &Utf8ViewArray, a: usize, b: usize) -> bool {
     let (view_a, view_b) = (ids.views()[a], ids.views()[b]);
     if view_a.length != view_b.length {
@@ -958,8 +958,8 @@ fn bgnbd_json(fit: &model::Fit<BgNbd>, customers: usize) -> Value {
     })
 }
 
-/// The values of a column built without nulls in one chunk, such as the
-/// integer and time columns of [`customer_frame`].
+/// Returns the values of a column built without nulls in one chunk, such
+/// as the integer and time columns of [`customer_frame`].
 fn values_i64<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [i64]> {
     let column = frame.column(name)?;
     let values = match column.dtype() {
@@ -969,7 +969,7 @@ fn values_i64<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [i64]> {
     Ok(values.cont_slice()?)
 }
 
-/// The values of a float column built without nulls in one chunk.
+/// Returns the values of a float column built without nulls in one chunk.
 fn values_f64<'a>(frame: &'a DataFrame, name: &str) -> Result<&'a [f64]> {
     Ok(frame.column(name)?.f64()?.cont_slice()?)
 }
@@ -997,7 +997,7 @@ fn count_names(names: &[&str], indices: &[u8]) -> Value {
     Value::Object(map)
 }
 
-/// The column of each row's name, given its index into `names`.
+/// Builds the column of each row's name, given its index into `names`.
 fn names_column(name: &str, names: &[&str], indices: &[u8]) -> Column {
     let values: Vec<&str> = indices
         .par_iter()
@@ -1046,8 +1046,8 @@ fn build_output(
         },
     );
 
-    // Indices into `COHORTS`; a one-time buyer's first order is its
-    // only transaction day, so its day is that of first_order_at.
+    // Indices into `COHORTS`. A one-time buyer's first order is its only
+    // transaction day, so its day is that of first_order_at.
     const COHORTS: [&str; 3] = ["repeat", "new", "one_time"];
     let new_days = i64::from(params.new_customer_days);
     let cohort: Vec<u8> = inputs

@@ -393,7 +393,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     // Guards: role and shared addresses never link people.
     let mut metrics = serde_json::Map::new();
     let email = specs.iter().position(|s| s.name == "email");
-    // Each address is normalized once, in parallel; the counts and the
+    // Each address is normalized once, in parallel. The counts and the
     // lookups below then hash the normalized keys.
     let normalized_emails: Vec<Option<String>> = match email {
         Some(email) => (0..n)
@@ -724,7 +724,8 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             .min_by_key(|i| age_rank[**i as usize])
             .unwrap_or(&list[0])
     };
-    // Indexed by cluster; a record's own entry where it names no cluster.
+    // Indexed by cluster. The entry of a record that names no cluster, or
+    // a cluster of one, is the record itself.
     let mut cluster_survivor: Vec<u32> = (0..n as u32).collect();
     for &cluster in &clusters {
         if members(cluster).len() > 1 {
