@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{stderr, stdout, Project};
+use common::{stderr, stdout, strings, Project};
 use nightshift::delta::Table;
 use nightshift::warehouse::Warehouse;
 use polars::prelude::*;
@@ -218,7 +218,8 @@ fn segments_take_the_first_matching_rule() {
     let manifest = run_clv(&project);
     let metrics = &manifest["metrics"];
 
-    // The default segment shares its name with a rule: one count.
+    // The default segment shares its name with a rule: one count. Names
+    // come in alphabetical order.
     assert_eq!(
         metrics["segments"],
         serde_json::json!({"big": 1, "repeat": 3})
@@ -227,31 +228,42 @@ fn segments_take_the_first_matching_rule() {
         metrics["cohorts"],
         serde_json::json!({"new": 1, "one_time": 1, "repeat": 2})
     );
+    let cohorts: Vec<&String> = metrics["cohorts"].as_object().unwrap().keys().collect();
+    assert_eq!(cohorts, ["new", "one_time", "repeat"]);
 
     // Per customer, sorted by id: the first matching rule wins.
     let values = read_values(&project)
         .sort(["contact_id"], SortMultipleOptions::default())
         .unwrap();
-    let column = |name: &str| -> Vec<String> {
-        values
-            .column(name)
-            .unwrap()
-            .str()
-            .unwrap()
-            .iter()
-            .map(|value| value.unwrap().to_string())
-            .collect()
-    };
-
     assert_eq!(
-        column("contact_id"),
+        strings(&values, "contact_id"),
         ["a-longer-contact-id-1", "a-longer-contact-id-4", "c2", "c3"]
     );
-    assert_eq!(column("rfm_segment"), ["big", "repeat", "repeat", "repeat"]);
-    assert_eq!(column("cohort"), ["repeat", "one_time", "repeat", "new"]);
+    assert_eq!(
+        strings(&values, "rfm_segment"),
+        ["big", "repeat", "repeat", "repeat"]
+    );
+    assert_eq!(
+        strings(&values, "cohort"),
+        ["repeat", "one_time", "repeat", "new"]
+    );
     assert_eq!(
         values.column("orders").unwrap().i64().unwrap().get(0),
         Some(3)
+    );
+
+    // A rule that is a constant applies to every row.
+    clv_pipeline(
+        &project,
+        "as_of = \"2026-06-30\"\nmin_repeat_customers = 5000\n\
+         segments = [{ name = \"everyone\", rule = \"TRUE\" }]",
+    );
+    let report = project.json(&["run", "clv", "--force"]);
+    let manifest = &report[0]["manifest"];
+    assert_eq!(manifest["status"], "succeeded", "{manifest}");
+    assert_eq!(
+        manifest["metrics"]["segments"],
+        serde_json::json!({"everyone": 4})
     );
 }
 

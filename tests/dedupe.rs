@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{stderr, stdout, Project};
+use common::{stderr, stdout, strings, Project};
 use nightshift::delta::Table;
 use nightshift::warehouse::Warehouse;
 use polars::prelude::*;
@@ -15,17 +15,6 @@ use serde_json::Value;
 fn read(project: &Project, table: &str) -> DataFrame {
     let warehouse = Warehouse::open(project.warehouse().to_str().unwrap()).unwrap();
     Table::new(&warehouse, table).unwrap().read(None).unwrap()
-}
-
-fn strings(frame: &DataFrame, name: &str) -> Vec<String> {
-    frame
-        .column(name)
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect()
 }
 
 fn project_with(pipeline: &str) -> Project {
@@ -277,6 +266,54 @@ fn do_not_merge_pairs_and_the_cluster_cap_hold_clusters() {
     let report = project.json(&["run", "dedupe"]);
     let metrics = &report[0]["manifest"]["metrics"];
     assert_eq!(metrics["links_removed_by_do_not_merge"], 1);
+    let reason = metrics["held_for_review"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("do-not-merge"), "{reason}");
+}
+
+#[test]
+fn do_not_merge_matches_numeric_contact_ids() {
+    // Numeric ids sort 9 before 10 as numbers, "10" before "9" as text.
+    let mut people = PEOPLE.to_string();
+    for (i, id) in [
+        "p01", "p02", "p03", "p04", "p05", "p06", "p07", "p08", "a1", "a2", "a3",
+    ]
+    .iter()
+    .enumerate()
+    {
+        people = people.replace(&format!("\n{id},"), &format!("\n{},", i + 1));
+    }
+    let project = project_with("kind = \"dedupe\"\n[inputs]\ncontacts = \"people\"\n");
+    let mut frame = CsvReadOptions::default()
+        .into_reader_with_file_handle(std::io::Cursor::new(people.into_bytes()))
+        .finish()
+        .unwrap();
+    assert_eq!(
+        frame.column("contact_id").unwrap().dtype(),
+        &DataType::Int64
+    );
+    let file = project.path().join("people.parquet");
+    ParquetWriter::new(std::fs::File::create(&file).unwrap())
+        .finish(&mut frame)
+        .unwrap();
+    let out = project.run(&["ingest", "people", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let people = read(&project, "people");
+    assert_eq!(
+        people.column("contact_id").unwrap().dtype(),
+        &DataType::Int64
+    );
+
+    // 10 and 11 (a2 and a3 above) share an address and never link; a1,
+    // now 9, would still join them, so the cluster is held.
+    let pairs = project.write(
+        "dnm.csv",
+        "contact_id_a,contact_id_b,reason\n10,11,different people at one address\n",
+    );
+    let out = project.run(&["ingest", "dedupe_do_not_merge", &pairs]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = project.json(&["run", "dedupe"]);
+    let metrics = &report[0]["manifest"]["metrics"];
+    assert_eq!(metrics["links_removed_by_do_not_merge"], 1, "{metrics}");
     let reason = metrics["held_for_review"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("do-not-merge"), "{reason}");
 }

@@ -1215,6 +1215,17 @@ pub fn placeholder_keys(specs: &[FieldSpec], values: &[String]) -> Vec<HashSet<S
         .collect()
 }
 
+/// Tells whether `key` is one of a field's placeholder keys. A scan of a
+/// few placeholders, which mostly stops at the length, costs less than
+/// hashing the key.
+pub fn is_placeholder(placeholders: &HashSet<String>, key: &str) -> bool {
+    if placeholders.len() <= 8 {
+        placeholders.iter().any(|placeholder| placeholder == key)
+    } else {
+        placeholders.contains(key)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Blocking
 
@@ -1456,12 +1467,7 @@ fn block_hash(
     let mut hasher = crate::hash::FixedHasher::default();
     for &(field, prefix) in rule_keys {
         let key = keys.key(field, record)?;
-        // A few placeholders: a scan, which mostly stops at the length,
-        // costs less than hashing the key.
-        if placeholders[field]
-            .iter()
-            .any(|placeholder| placeholder == key)
-        {
+        if is_placeholder(&placeholders[field], key) {
             return None;
         }
         hasher.write(key_prefix(key, prefix).as_bytes());
@@ -1569,7 +1575,7 @@ fn block_pairs(block: &[u32]) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// Merges two sorted lists without repeats into one, and returns it with
+/// Merges two sorted lists without duplicates into one, and returns it with
 /// the number of values of `added` that `existing` lacked.
 fn merge_sorted(existing: &[u64], added: &[u64]) -> (Vec<u64>, usize) {
     let mut merged = Vec::with_capacity(existing.len() + added.len());
@@ -2253,6 +2259,7 @@ pub fn clusters(n: usize, links: &[(u32, u32)]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn merge_sorted_counts_the_values_not_seen_before() {
@@ -2264,8 +2271,6 @@ mod tests {
             (vec![1, 2, 4, 6, 9, 10, 11], 3)
         );
     }
-    use std::time::Instant;
-
     fn spec(name: &str, comparison: Comparison) -> FieldSpec {
         FieldSpec::new(name, comparison)
     }

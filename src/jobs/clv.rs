@@ -633,7 +633,7 @@ struct OrderKey {
     units: i64,
 }
 
-/// Tells whether rows `a` and `b` of `ids` hold the same id. An id of up
+/// Tells whether rows `a` and `b` of `ids` contain the same id. An id of up
 /// to 12 bytes lies within its 16-byte view, after the length, so two such
 /// views are compared as numbers over the length and the id's bytes.
 fn same_id(ids: &Utf8ViewArray, a: usize, b: usize) -> bool {
@@ -982,26 +982,31 @@ struct Output {
     cohorts: Value,
 }
 
-/// Counts the rows of each name, given each row's index into `names`.
-fn count_names(names: &[&str], indices: &[u8]) -> Value {
+/// Counts the rows of each name, given each row's index into `names`, in
+/// the order of the names.
+fn count_names(names: &[&str], indices: &[u32]) -> Value {
     let mut counts = vec![0u64; names.len()];
     for index in indices {
-        counts[usize::from(*index)] += 1;
+        counts[*index as usize] += 1;
     }
-    let mut map = Map::new();
     // The default segment may share its name with a rule.
+    let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
     for (name, count) in names.iter().zip(counts).filter(|(_, count)| *count > 0) {
-        let total = map.get(*name).and_then(Value::as_u64).unwrap_or(0) + count;
-        map.insert(name.to_string(), Value::from(total));
+        *by_name.entry(name).or_default() += count;
     }
-    Value::Object(map)
+    Value::Object(
+        by_name
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), Value::from(count)))
+            .collect(),
+    )
 }
 
 /// Builds the column of each row's name, given its index into `names`.
-fn names_column(name: &str, names: &[&str], indices: &[u8]) -> Column {
+fn names_column(name: &str, names: &[&str], indices: &[u32]) -> Column {
     let values: Vec<&str> = indices
         .par_iter()
-        .map(|index| names[usize::from(*index)])
+        .map(|index| names[*index as usize])
         .collect();
     Column::new(name.into(), values)
 }
@@ -1050,7 +1055,7 @@ fn build_output(
     // transaction day, so its day is that of first_order_at.
     const COHORTS: [&str; 3] = ["repeat", "new", "one_time"];
     let new_days = i64::from(params.new_customer_days);
-    let cohort: Vec<u8> = inputs
+    let cohort: Vec<u32> = inputs
         .frequency
         .par_iter()
         .zip(first_at)
@@ -1134,8 +1139,12 @@ fn build_output(
     let matched = if rules.is_empty() {
         Vec::new()
     } else {
-        let masks = rule_input.lazy().select(rules).collect()?;
+        // with_columns, unlike select, gives a rule that is a constant
+        // (`TRUE`) one value per row.
+        let names: Vec<String> = (0..rules.len()).map(|i| format!("rule_{i}")).collect();
+        let masks = rule_input.lazy().with_columns(rules).collect()?;
         masks
+            .select(names)?
             .columns()
             .iter()
             .map(|mask| -> Result<BooleanChunked> {
@@ -1152,13 +1161,13 @@ fn build_output(
         .iter()
         .map(|mask| mask.downcast_as_array())
         .collect();
-    let segment: Vec<u8> = (0..height)
+    let segment: Vec<u32> = (0..height)
         .into_par_iter()
         .map(|row| {
             matched
                 .iter()
                 .position(|mask| mask.value(row))
-                .unwrap_or(matched.len()) as u8
+                .unwrap_or(matched.len()) as u32
         })
         .collect();
 

@@ -336,10 +336,15 @@ enum Fate {
 fn run(ctx: &JobContext) -> Result<JobResult> {
     let params: Params = serde_json::from_value(ctx.params.clone())?;
     let input = ctx.input("contacts");
+    // Sorted by contact_id as text, whatever its type, so that record order
+    // is the order of the ids that the outputs are sorted by.
     let contacts = input
         .table
         .scan(&input.snapshot)?
-        .sort(["contact_id"], SortMultipleOptions::default())
+        .sort_by_exprs(
+            [col("contact_id").cast(DataType::String)],
+            SortMultipleOptions::default(),
+        )
         .collect()?;
     let n = contacts.height();
     let ids: Vec<String> = text_column(&contacts, "contact_id")?
@@ -443,9 +448,7 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
             Some(raw)
         },
         |field, key| {
-            // A few placeholders: a scan, which mostly stops at the
-            // length, costs less than hashing the key.
-            let placeholder = placeholders[field].iter().any(|p| p == key);
+            let placeholder = matching::is_placeholder(&placeholders[field], key);
             if placeholder {
                 placeholders_cleared.fetch_add(1, Ordering::Relaxed);
             }
@@ -607,16 +610,38 @@ fn run(ctx: &JobContext) -> Result<JobResult> {
     let mut forbidden: HashSet<(u32, u32)> = HashSet::new();
     if let Some(pinned) = ctx.optional_input("do_not_merge") {
         let frame = pinned.table.scan(&pinned.snapshot)?.collect()?;
-        // The contacts are sorted by contact_id, so an id is found by
-        // binary search.
-        let index = |id: &str| ids.binary_search_by(|probe| probe.as_str().cmp(id)).ok();
+        // The records of an id: by binary search while the ids are in text
+        // order, as the sort above leaves them, else through a map. Every
+        // record of an id that appears twice takes part.
+        let by_id: Option<HashMap<&str, Vec<u32>>> = (!ids.is_sorted()).then(|| {
+            let mut map: HashMap<&str, Vec<u32>> = HashMap::new();
+            for (record, id) in ids.iter().enumerate() {
+                map.entry(id.as_str()).or_default().push(record as u32);
+            }
+            map
+        });
+        let records = |id: &str| -> Vec<u32> {
+            match &by_id {
+                Some(map) => map.get(id).cloned().unwrap_or_default(),
+                None => {
+                    let start = ids.partition_point(|probe| probe.as_str() < id);
+                    let end = ids.partition_point(|probe| probe.as_str() <= id);
+                    (start as u32..end as u32).collect()
+                }
+            }
+        };
         let a = text_column(&frame, "contact_id_a")?;
         let b = text_column(&frame, "contact_id_b")?;
         for (a, b) in a.iter().zip(&b) {
-            if let (Some(a), Some(b)) = (a.as_deref().and_then(index), b.as_deref().and_then(index))
-            {
-                let (a, b) = (a as u32, b as u32);
-                forbidden.insert((a.min(b), a.max(b)));
+            let (Some(a), Some(b)) = (a.as_deref(), b.as_deref()) else {
+                continue;
+            };
+            for record_a in records(a) {
+                for record_b in records(b) {
+                    if record_a != record_b {
+                        forbidden.insert((record_a.min(record_b), record_a.max(record_b)));
+                    }
+                }
             }
         }
     }

@@ -74,6 +74,18 @@ impl Project {
     }
 }
 
+/// Returns a text column's values, with an empty string for each null.
+pub fn strings(frame: &polars::prelude::DataFrame, name: &str) -> Vec<String> {
+    frame
+        .column(name)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|value| value.unwrap_or_default().to_string())
+        .collect()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
