@@ -303,8 +303,8 @@ fn do_not_merge_matches_numeric_contact_ids() {
         &DataType::Int64
     );
 
-    // 10 and 11 (a2 and a3 above) share an address and never link; a1,
-    // now 9, would still join them, so the cluster is held.
+    // 10 and 11 (a2 and a3 above) never link. 9 (a1) would still join
+    // them, so the cluster is held.
     let pairs = project.write(
         "dnm.csv",
         "contact_id_a,contact_id_b,reason\n10,11,different people at one address\n",
