@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::schema::utc_timestamp;
+use crate::schema::{self, utc_timestamp, ColumnType};
 
 /// Contacts generated per chunk; each chunk becomes one file per table.
 pub const CONTACTS_PER_CHUNK: u64 = 100_000;
@@ -297,11 +297,23 @@ struct Columns {
 }
 
 impl Columns {
-    fn new(strings: &[&'static str], times: &[&'static str], floats: &[&'static str]) -> Self {
+    /// Creates empty columns for every column of `table`, by type.
+    fn of(table: &schema::CanonicalTable) -> Self {
+        let named = |kind: ColumnType| {
+            table
+                .columns
+                .iter()
+                .filter(move |column| column.kind == kind)
+                .map(|column| column.name)
+        };
         Self {
-            strings: strings.iter().map(|n| (*n, Vec::new())).collect(),
-            times: times.iter().map(|n| (*n, Vec::new())).collect(),
-            floats: floats.iter().map(|n| (*n, Vec::new())).collect(),
+            strings: named(ColumnType::String).map(|n| (n, Vec::new())).collect(),
+            times: named(ColumnType::Timestamp)
+                .map(|n| (n, Vec::new()))
+                .collect(),
+            floats: named(ColumnType::Float64)
+                .map(|n| (n, Vec::new()))
+                .collect(),
         }
     }
 
@@ -361,48 +373,10 @@ fn generate_chunk(
     let window = 90 * MICROS_PER_DAY;
     let window_start = options.end_micros - window;
 
-    let mut contacts = Columns::new(
-        &[
-            "contact_id",
-            "email",
-            "first_name",
-            "last_name",
-            "phone",
-            "company",
-            "company_domain",
-            "job_title",
-            "country",
-            "city",
-            "postcode",
-            "source",
-            "lifecycle_stage",
-        ],
-        &["created_at", "updated_at"],
-        &[],
-    );
-    let mut events = Columns::new(
-        &[
-            "event_id",
-            "contact_id",
-            "email",
-            "event_type",
-            "bounce_type",
-            "reason",
-            "campaign_id",
-        ],
-        &["occurred_at"],
-        &[],
-    );
-    let mut activities = Columns::new(
-        &["activity_id", "contact_id", "activity_type"],
-        &["occurred_at"],
-        &[],
-    );
-    let mut orders = Columns::new(
-        &["order_id", "contact_id", "currency", "status"],
-        &["ordered_at"],
-        &["amount"],
-    );
+    let mut contacts = Columns::of(&schema::CONTACTS);
+    let mut events = Columns::of(&schema::EMAIL_EVENTS);
+    let mut activities = Columns::of(&schema::ACTIVITIES);
+    let mut orders = Columns::of(&schema::ORDERS);
 
     let mut previous: Option<Person> = None;
     for index in start..end {
@@ -532,10 +506,10 @@ fn generate_chunk(
         previous = Some(person);
     }
     Ok(vec![
-        contacts.into_frame(&crate::schema::CONTACTS.column_names())?,
-        events.into_frame(&crate::schema::EMAIL_EVENTS.column_names())?,
-        activities.into_frame(&crate::schema::ACTIVITIES.column_names())?,
-        orders.into_frame(&crate::schema::ORDERS.column_names())?,
+        contacts.into_frame(&schema::CONTACTS.column_names())?,
+        events.into_frame(&schema::EMAIL_EVENTS.column_names())?,
+        activities.into_frame(&schema::ACTIVITIES.column_names())?,
+        orders.into_frame(&schema::ORDERS.column_names())?,
     ])
 }
 

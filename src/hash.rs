@@ -1,10 +1,11 @@
 //! A fast hash with fixed constants, for grouping keys in memory.
 //!
 //! The same input gives the same hash in every run and on every machine,
-//! so an order that follows the hash is reproducible. It costs several
-//! times less per key than the std default, SipHash, which matters at
-//! millions of keys. Every user compares keys with equal hashes before it
-//! groups them, so a collision costs time but never changes a result.
+//! so an order that follows the hash is reproducible. It takes one
+//! multiplication per 8 bytes of key, fewer steps than the std default,
+//! SipHash, which matters at millions of keys. Every user compares keys
+//! with equal hashes before it groups them, so a collision costs time but
+//! never changes a result.
 //!
 //! NOTE: unlike SipHash, it is not built to resist chosen keys. A file of
 //! ids or addresses made to collide would slow a job down.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{stderr, stdout, Project, EVENTS_HEADER};
+use common::{stderr, stdout, strings, Project, EVENTS_HEADER};
 use nightshift::delta::Table;
 use nightshift::warehouse::Warehouse;
 use polars::prelude::*;
@@ -73,18 +73,6 @@ fn field(frame: &DataFrame, key: &str, column: &str) -> AnyValue<'static> {
         .unwrap();
     assert_eq!(row.height(), 1, "one row for {key}");
     row.column(column).unwrap().get(0).unwrap().into_static()
-}
-
-/// Returns the contact ids of `frame`, in its order.
-fn contact_ids(frame: &DataFrame) -> Vec<&str> {
-    frame
-        .column("contact_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect()
 }
 
 fn event_ids(frame: &DataFrame, key: &str) -> Vec<String> {
@@ -326,7 +314,7 @@ fn sendable_contacts_sorted_from_unsorted_input() {
     let manifest = run(&project, &["suppression"]);
     assert_eq!(manifest["metrics"]["sendable_contacts"], 3);
     let sendable = read(&project, "sendable_contacts");
-    assert_eq!(contact_ids(&sendable), vec!["c1", "c5", "c9"]);
+    assert_eq!(strings(&sendable, "contact_id"), vec!["c1", "c5", "c9"]);
 }
 
 #[test]
@@ -375,7 +363,7 @@ fn address_rules_manual_entries_and_sendable_contacts() {
         AnyValue::StringOwned("invalid_address".into())
     );
     let sendable = read(&project, "sendable_contacts");
-    assert_eq!(contact_ids(&sendable), vec!["c1", "c6"]);
+    assert_eq!(strings(&sendable, "contact_id"), vec!["c1", "c6"]);
     assert_eq!(
         sendable.column("email").unwrap().str().unwrap().get(1),
         Some("Jo.Doe+news@googlemail.com"),
@@ -412,7 +400,7 @@ fn address_rules_manual_entries_and_sendable_contacts() {
     assert!(out.status.success(), "{}", stderr(&out));
     let manifest = run(&project, &["suppression"]);
     let sendable = read(&project, "sendable_contacts");
-    assert_eq!(contact_ids(&sendable), vec!["c2", "c6"]);
+    assert_eq!(strings(&sendable, "contact_id"), vec!["c2", "c6"]);
     let record = manifest["outputs"]
         .as_array()
         .unwrap()

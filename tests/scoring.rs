@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{stderr, stdout, Project, EVENTS_HEADER};
+use common::{stderr, stdout, strings, Project, EVENTS_HEADER};
 use nightshift::delta::Table;
 use nightshift::warehouse::Warehouse;
 use polars::prelude::*;
@@ -399,15 +399,7 @@ fn sql_pipelines_run_with_pins_gates_and_clear_errors() {
     assert_eq!(manifest["status"], "succeeded", "{manifest}");
     assert_eq!(manifest["inputs"].as_array().unwrap().len(), 2);
     let clickers = read(&project, "clickers");
-    let ids: Vec<&str> = clickers
-        .column("contact_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    assert_eq!(ids, vec!["c1", "c3"]);
+    assert_eq!(strings(&clickers, "contact_id"), vec!["c1", "c3"]);
     assert_eq!(
         clickers
             .column("clicks")

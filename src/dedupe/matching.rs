@@ -2262,7 +2262,7 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn merge_sorted_counts_the_values_not_seen_before() {
+    fn merge_sorted_counts_new_values() {
         assert_eq!(merge_sorted(&[], &[]), (vec![], 0));
         assert_eq!(merge_sorted(&[], &[2, 5]), (vec![2, 5], 2));
         assert_eq!(merge_sorted(&[1, 4], &[]), (vec![1, 4], 0));

@@ -473,7 +473,8 @@ fn alive_forecast(model: &BgNbd, x: f64, t: f64, params: &Params) -> (f64, f64) 
     (model.alive_expected_purchases(horizon, x, t), discounted)
 }
 
-/// Probability alive and expected purchases, expected order value and CLV.
+/// Prediction columns: (probability alive, expected purchases) and
+/// (expected order value, CLV).
 type PredictionColumns = ((Vec<Option<f64>>, Vec<f64>), (Vec<f64>, Vec<f64>));
 
 fn predict(inputs: &ModelInputs, models: &FittedModels, params: &Params) -> Result<Predictions> {
@@ -720,8 +721,9 @@ enum ColumnSpec<'a> {
     Window(&'a String, i64),
 }
 
-/// Historic value per customer, one row per customer with a counted
-/// order, and the models' inputs for the same customers in the same order.
+/// Computes the historic value per customer, one row per customer with a
+/// counted order, and the models' inputs for the same customers in the
+/// same order.
 ///
 /// The orders are sorted by a fixed hash of contact_id and by day, so each
 /// customer's orders lie together and in order, and summed in one pass.
@@ -1437,7 +1439,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_that_share_a_hash_become_separate_customers() {
+    fn ids_sharing_a_hash_stay_apart() {
         let ids = id_column(&["b", "a", "b", "a", "a-longer-contact-id"]);
         let ids = ids.downcast_as_array();
         let mut keys: Vec<OrderKey> = (0..5)

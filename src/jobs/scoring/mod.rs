@@ -137,25 +137,6 @@ pub struct Params {
     pub mql_threshold: Option<f64>,
 }
 
-/// Contact columns a fit rule may use, as canonical contacts has them.
-const CONTACT_COLUMNS: [&str; 15] = [
-    "contact_id",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "company",
-    "company_domain",
-    "job_title",
-    "country",
-    "city",
-    "postcode",
-    "source",
-    "lifecycle_stage",
-    "created_at",
-    "updated_at",
-];
-
 fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
     let valid = !name.is_empty()
         && name
@@ -227,7 +208,12 @@ fn validate_params(params: &toml::Table) -> std::result::Result<Value, String> {
             return Err(format!("group `{name}` gives no points"));
         }
     }
-    let columns: Vec<String> = CONTACT_COLUMNS.iter().map(|c| c.to_string()).collect();
+    // A fit rule may use the columns of the canonical contacts table.
+    let columns: Vec<String> = crate::schema::CONTACTS
+        .column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     for rule in &parsed.fit {
         check_name("fit rule", &rule.name)?;
         let _ = fit_expr(rule, &columns)?;
